@@ -1,0 +1,1 @@
+"""Entry points that turn corpora into fairseq-binarized data (``lskd-prepare``)."""

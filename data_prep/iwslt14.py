@@ -1,0 +1,101 @@
+"""IWSLT'14 De-En from the official ``de-en.tgz`` (downloaded by the user; nothing here downloads).
+
+Follows the split of fairseq's ``examples/translation/prepare-iwslt14.sh``: the talk transcripts
+``train.tags.de-en.*`` without their url/talkid/keywords lines, pairs of 1-175 words with a
+length ratio of at most 1.5 (clean-corpus-n), every 23rd pair held out as valid, and
+dev2010, TEDX dev2012 (when present), tst2010, tst2011, tst2012 concatenated as test. Unlike that
+script we do not Moses-tokenise or lowercase: the shared pipeline applies SentencePiece to raw
+text, and BLEU is computed by sacrebleu on detokenized output.
+"""
+from __future__ import annotations
+
+import re
+import tarfile
+from pathlib import Path
+
+from lskd.corpus import CorpusError, write_lines
+
+#: Metadata lines dropped from the training transcripts, exactly as in fairseq's script (talk
+#: titles and descriptions are kept as text, without their tags).
+_META_LINE = re.compile(r"<(url|talkid|keywords)>")
+_META_TAG = re.compile(r"</?(title|description)>")
+_SEGMENT = re.compile(r'<seg id="?\d+"?>\s*(.*?)\s*</seg>')
+#: Test sets in fairseq's order; a missing TEDX dev2012 is skipped (and recorded).
+TEST_SETS = ("TED.dev2010", "TEDX.dev2012", "TED.tst2010", "TED.tst2011", "TED.tst2012")
+VALID_EVERY = 23
+#: Length filter of Moses' clean-corpus-n.perl as used by fairseq's script (1-175 words, ratio 1.5).
+MAX_WORDS, MAX_RATIO = 175, 1.5
+
+
+def _members(archive: tarfile.TarFile) -> dict[str, tarfile.TarInfo]:
+    return {Path(m.name).name: m for m in archive.getmembers() if m.isfile()}
+
+
+def _read(archive: tarfile.TarFile, members: dict[str, tarfile.TarInfo], name: str) -> list[str]:
+    if name not in members:
+        raise CorpusError(f"the archive has no {name}: is it the official IWSLT'14 de-en.tgz?")
+    data = archive.extractfile(members[name]).read()
+    try:
+        return data.decode("utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise CorpusError(f"{name} in the archive, line {line}: not valid UTF-8") from None
+
+
+def _transcript(lines: list[str]) -> list[str]:
+    return [_META_TAG.sub("", line).strip() for line in lines if not _META_LINE.search(line)]
+
+
+def _segments(lines: list[str]) -> list[str]:
+    return [m.group(1).replace("\u2019", "'") for line in lines for m in [_SEGMENT.search(line)] if m]
+
+
+def _keep_by_length(source: str, target: str) -> bool:
+    s, t = len(source.split()), len(target.split())
+    return 1 <= s <= MAX_WORDS and 1 <= t <= MAX_WORDS and max(s, t) <= MAX_RATIO * min(s, t)
+
+
+def extract_iwslt14(archive_path: Path, out_dir: Path, src: str, tgt: str) -> tuple[dict[str, tuple[Path, Path]], dict]:
+    """Write ``{split}.{lang}`` files under ``out_dir``; return their paths and a summary."""
+    if not Path(archive_path).is_file():
+        raise CorpusError(f"archive not found: {archive_path} (download the official de-en.tgz yourself)")
+    with tarfile.open(archive_path, "r:*") as archive:
+        members = _members(archive)
+        transcript = {lang: _transcript(_read(archive, members, f"train.tags.de-en.{lang}")) for lang in ("de", "en")}
+        if len(transcript["de"]) != len(transcript["en"]):
+            raise CorpusError(
+                f"train.tags.de-en.de has {len(transcript['de'])} text lines but train.tags.de-en.en has "
+                f"{len(transcript['en'])} after removing metadata lines"
+            )
+        present = [name for name in TEST_SETS if f"IWSLT14.{name}.de-en.de.xml" in members]
+        test = {lang: [] for lang in ("de", "en")}
+        for name in present:
+            for lang in ("de", "en"):
+                test[lang] += _segments(_read(archive, members, f"IWSLT14.{name}.de-en.{lang}.xml"))
+            if len(test["de"]) != len(test["en"]):
+                raise CorpusError(f"IWSLT14.{name}: the de and en files hold different numbers of segments")
+    pairs = list(zip(transcript["de"], transcript["en"]))
+    cleaned = [p for p in pairs if _keep_by_length(*p)]
+    splits = {
+        "train": [p for i, p in enumerate(cleaned, start=1) if i % VALID_EVERY != 0],
+        "valid": [p for i, p in enumerate(cleaned, start=1) if i % VALID_EVERY == 0],
+        "test": list(zip(test["de"], test["en"])),
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    side = {"de": 0, "en": 1}
+    paths = {}
+    for name, rows in splits.items():
+        paths[name] = (out_dir / f"{name}.{src}", out_dir / f"{name}.{tgt}")
+        write_lines(paths[name][0], (row[side[src]] for row in rows))
+        write_lines(paths[name][1], (row[side[tgt]] for row in rows))
+    summary = {
+        "iwslt14": {
+            "archive": str(Path(archive_path).resolve()),
+            "test_sets": [f"IWSLT14.{name}" for name in present],
+            "missing_test_sets": [f"IWSLT14.{name}" for name in TEST_SETS if name not in present],
+            "train_pairs_before_length_filter": len(pairs),
+            "removed_by_length_filter": len(pairs) - len(cleaned),
+            "extracted_pairs": {name: len(rows) for name, rows in splits.items()},
+        }
+    }
+    return paths, summary

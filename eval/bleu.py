@@ -1,0 +1,145 @@
+"""Translate a split with ``fairseq-generate`` and score it with sacrebleu against raw references.
+
+The references are the untouched raw target lines recorded by ``lskd-prepare``; the hypotheses
+are SentencePiece-decoded. Nothing is scored unless every reference has exactly one hypothesis,
+in order: fairseq silently drops a tail batch unless ``--required-batch-size-multiple 1``.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import sacrebleu
+
+from lskd.corpus import CorpusError, read_lines, sha256_file, write_lines
+from lskd.provenance import provenance, write_json
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    beam: int = 5
+    lenpen: float = 1.0
+    batch_size: int = 64
+    max_len_a: float = 1.2
+    max_len_b: int = 10
+    cpu: bool = True
+
+
+def plugin_dir() -> str:
+    """Absolute path of the ``fairseq_plugins`` user dir (its import makes checkpoints load safely)."""
+    import fairseq_plugins
+
+    return str(Path(fairseq_plugins.__file__).resolve().parent)
+
+
+def score(hypotheses: list[str], references: list[str]) -> dict[str, dict[str, Any]]:
+    """Corpus BLEU, chrF and TER with their sacrebleu signatures; counts must match."""
+    if len(hypotheses) != len(references):
+        raise CorpusError(
+            f"{len(hypotheses)} hypotheses but {len(references)} references: refusing to score a partial output"
+        )
+    if not references:
+        raise CorpusError("no references to score against")
+    results = {}
+    for name, metric in (("bleu", sacrebleu.BLEU()), ("chrf", sacrebleu.CHRF()), ("ter", sacrebleu.TER())):
+        result = metric.corpus_score(hypotheses, [references])
+        results[name] = {"score": round(result.score, 2), "signature": str(metric.get_signature()), "text": str(result)}
+    return results
+
+
+def score_files(hypothesis_file: str | Path, reference_file: str | Path) -> dict[str, dict[str, Any]]:
+    hypotheses, references = read_lines(hypothesis_file), read_lines(reference_file)
+    if len(hypotheses) != len(references):
+        raise CorpusError(
+            f"{hypothesis_file} has {len(hypotheses)} lines but {reference_file} has {len(references)}"
+        )
+    return score(hypotheses, references)
+
+
+def generate(checkpoint: Path, bin_dir: Path, split: str, options: DecodeOptions, log_path: Path) -> dict[int, str]:
+    """Run fairseq-generate; return {sentence id: detokenized hypothesis}."""
+    command = [
+        sys.executable, "-m", "fairseq_cli.generate", str(bin_dir),
+        "--user-dir", plugin_dir(),
+        "--path", str(checkpoint), "--gen-subset", split,
+        "--beam", str(options.beam), "--lenpen", str(options.lenpen),
+        "--batch-size", str(options.batch_size), "--required-batch-size-multiple", "1",
+        "--max-len-a", str(options.max_len_a), "--max-len-b", str(options.max_len_b),
+        "--post-process", "sentencepiece", "--num-workers", "0",
+    ] + (["--cpu"] if options.cpu else [])
+    with open(log_path, "w", encoding="utf-8") as log:
+        result = subprocess.run(command, stdout=subprocess.PIPE, stderr=log, text=True)
+    if result.returncode != 0:
+        tail = log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-15:]
+        raise RuntimeError(f"fairseq-generate failed (exit {result.returncode}):\n" + "\n".join(tail))
+    hypotheses = {}
+    for line in result.stdout.splitlines():
+        if line.startswith("D-"):
+            ident, _, text = line.split("\t", 2)
+            hypotheses[int(ident[2:])] = text
+    return hypotheses
+
+
+def ordered(hypotheses: dict[int, str], expected: int) -> list[str]:
+    """Hypotheses in sentence-id order; fail naming the ids that have none."""
+    missing = [i for i in range(expected) if i not in hypotheses]
+    extra = sorted(set(hypotheses) - set(range(expected)))
+    if missing or extra:
+        raise CorpusError(
+            f"decoding returned {len(hypotheses)} hypotheses for {expected} sentences; "
+            f"missing ids {missing[:20]}{'...' if len(missing) > 20 else ''}, unexpected ids {extra[:20]}"
+        )
+    return [hypotheses[i] for i in range(expected)]
+
+
+def evaluate(checkpoint: Path, data_dir: Path, split: str, out_dir: Path, options: DecodeOptions) -> dict[str, Any]:
+    """Decode ``split`` of a ``lskd-prepare`` directory and write hypotheses plus a JSON record."""
+    prep_path = data_dir / "prep.json"
+    if not prep_path.is_file():
+        raise CorpusError(f"{data_dir} has no prep.json: prepare it with lskd-prepare first")
+    if not checkpoint.is_file():
+        raise CorpusError(f"checkpoint not found: {checkpoint}")
+    prep = json.loads(prep_path.read_text(encoding="utf-8"))
+    src, tgt = prep["options"]["src"], prep["options"]["tgt"]
+    references = read_lines(data_dir / "raw" / f"{split}.{tgt}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    hypotheses = ordered(
+        generate(checkpoint, data_dir / prep["outputs"]["bin_dir"], split, options, out_dir / f"generate-{split}.log"),
+        len(references),
+    )
+    hypothesis_file = out_dir / f"{split}.hyp.{tgt}"
+    write_lines(hypothesis_file, hypotheses)
+    record = {
+        "scores": score(hypotheses, references),
+        "split": split,
+        "pair": f"{src}-{tgt}",
+        "sentences": len(references),
+        "hypotheses_file": str(hypothesis_file),
+        "references_file": str(data_dir / "raw" / f"{split}.{tgt}"),
+        "checkpoint": {"path": str(checkpoint.resolve()), "sha256": sha256_file(checkpoint)},
+        "data": {"prep_json": str(prep_path.resolve()), "fingerprint": prep["fingerprint"]},
+        "decoding": asdict(options),
+        **provenance(),
+    }
+    write_json(out_dir / f"bleu-{split}.json", record)
+    return record
+
+
+def format_table(record_paths: list[Path]) -> str:
+    """A plain-text table of BLEU/chrF/TER records, labelled by their run directory, with signatures."""
+    records = [(Path(p).resolve().parent.parent.name, json.loads(Path(p).read_text(encoding="utf-8")))
+               for p in record_paths]
+    width = max(len("system"), *(len(label) for label, _ in records))
+    lines = [f"{'system':<{width}}   BLEU   chrF    TER  sentences"]
+    for label, record in records:
+        s = record["scores"]
+        lines.append(f"{label:<{width}}  {s['bleu']['score']:5.1f}  {s['chrf']['score']:5.1f}  "
+                     f"{s['ter']['score']:5.1f}  {record['sentences']:9d}")
+    for metric in ("bleu", "chrf", "ter"):
+        signatures = sorted({record["scores"][metric]["signature"] for _, record in records})
+        lines.append(f"{metric} signature: {' / '.join(signatures)}")
+    return "\n".join(lines)

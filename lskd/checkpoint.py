@@ -1,0 +1,50 @@
+"""Safe loading of fairseq checkpoints with torch's ``weights_only=True`` unpickler.
+
+fairseq calls ``torch.load`` without ``weights_only``; since torch 2.6 that means the restricted
+unpickler, which refuses ``argparse.Namespace`` (stored by fairseq in every checkpoint's ``args``).
+Instead of disabling the protection for the whole process, we allow exactly the harmless classes
+that fairseq writes. Anything else, notably a pickled ``__reduce__`` payload, stays refused.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+from typing import Any
+
+import torch
+
+#: Classes that fairseq checkpoints carry besides tensors and builtin containers.
+FAIRSEQ_SAFE_GLOBALS: list[Any] = [argparse.Namespace]
+
+
+class UnsafeCheckpointError(RuntimeError):
+    """A checkpoint holds objects outside the allow-list; it was not executed."""
+
+
+def register_fairseq_safe_globals() -> None:
+    """Allow fairseq's checkpoint contents in ``torch.load(weights_only=True)`` (idempotent)."""
+    known = set(map(id, torch.serialization.get_safe_globals()))
+    missing = [g for g in FAIRSEQ_SAFE_GLOBALS if id(g) not in known]
+    if missing:
+        torch.serialization.add_safe_globals(missing)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
+    """Load a checkpoint with the restricted unpickler; explain a refusal instead of a traceback.
+
+    Raises ``FileNotFoundError`` for a missing file and ``UnsafeCheckpointError`` when the file
+    holds anything that is not on the allow-list (the payload is never run).
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    register_fairseq_safe_globals()
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise UnsafeCheckpointError(
+            f"refused to load {path}: it holds objects that are not plain tensors or known fairseq "
+            f"state, so it may run code when unpickled. Nothing from it was executed. "
+            f"Only load it with weights_only=False if you trust its origin. Details: {err}"
+        ) from err

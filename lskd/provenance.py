@@ -1,0 +1,46 @@
+"""Provenance for every file LSKD writes: tool versions, the command line, a timestamp.
+
+Like sacrebleu's signatures, a number in a report is only useful if one can tell how it was made.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import shlex
+import sys
+from importlib import metadata
+from typing import Any
+
+_DISTRIBUTIONS = ("lskd", "ve-fairseq", "torch", "sentencepiece", "sacremoses", "sacrebleu", "numpy")
+
+
+def tool_versions() -> dict[str, str]:
+    """Installed versions of the packages whose behaviour shapes LSKD's outputs."""
+    versions = {"python": platform.python_version()}
+    for name in _DISTRIBUTIONS:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def provenance() -> dict[str, Any]:
+    """The command, time and versions that produced a result."""
+    return {
+        "command": shlex.join(sys.argv),
+        "cwd": os.getcwd(),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "versions": tool_versions(),
+    }
+
+
+def write_json(path: str | os.PathLike, record: dict[str, Any]) -> None:
+    """Write a JSON record atomically, so a killed run never leaves half a manifest."""
+    tmp = f"{os.fspath(path)}.tmp"
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(record, handle, indent=2, sort_keys=True, ensure_ascii=False)
+        handle.write("\n")
+    os.replace(tmp, path)

@@ -1,0 +1,26 @@
+# Sourced by the recipes: make (once) and activate a virtual environment in the checkout with LSKD
+# and its pinned dependencies. Idempotent: re-installs only when setup.py or the extras change.
+#   LSKD_VENV    where the environment lives (default: .venv in the checkout)
+#   LSKD_PYTHON  interpreter to build it from (default: python3; fairseq wheels exist for 3.11/3.12)
+# A GPU user installs their own CUDA torch into the environment first; it is kept (see README).
+set -euo pipefail
+LSKD_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+LSKD_VENV=${LSKD_VENV:-$LSKD_ROOT/.venv}
+lskd_extras=${1:-}
+
+if [ ! -x "$LSKD_VENV/bin/python" ]; then
+  echo "[lskd] creating virtual environment $LSKD_VENV"
+  "${LSKD_PYTHON:-python3}" -m venv "$LSKD_VENV"
+fi
+lskd_want="$(sha256sum "$LSKD_ROOT/setup.py" | cut -c1-16) extras=[$lskd_extras]"
+if [ "$(cat "$LSKD_VENV/.lskd-installed" 2>/dev/null)" != "$lskd_want" ]; then
+  # torch is named in the same pip command as fairseq, or pip resolves a multi-GB CUDA build.
+  # An already installed torch (e.g. a user's CUDA build) is kept at its version.
+  lskd_torch=$("$LSKD_VENV/bin/python" -c 'import torch; print(torch.__version__.split("+")[0])' 2>/dev/null || echo 2.13.0)
+  echo "[lskd] installing LSKD and its dependencies into $LSKD_VENV (torch==$lskd_torch)"
+  "$LSKD_VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+    "torch==$lskd_torch" -e "$LSKD_ROOT${lskd_extras:+[$lskd_extras]}"
+  echo "$lskd_want" > "$LSKD_VENV/.lskd-installed"
+fi
+export PATH="$LSKD_VENV/bin:$PATH"
+export LSKD_ROOT

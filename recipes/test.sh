@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# The test suite, on a fresh machine or an old one: installs what it needs, then runs pytest.
+# Extra arguments go to pytest, e.g. `bash recipes/test.sh -m "not slow"` for the fast tests only.
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh" test
+cd "$LSKD_ROOT"
+exec python -m pytest "$@"

@@ -1,0 +1,100 @@
+"""``lskd-prepare iwslt14`` on a small archive built in the official de-en.tgz layout."""
+import io
+import json
+import tarfile
+
+import pytest
+
+from data_prep.cli import main as prepare_main
+from data_prep.iwslt14 import extract_iwslt14
+from lskd.corpus import CorpusError
+
+META = ["<url>http://www.ted.com/talks/x.html</url>", "<keywords>talks</keywords>", "<talkid>1</talkid>"]
+
+
+def transcript(lang, n):
+    lines = []
+    for i in range(n):
+        if i % 10 == 0:
+            lines += META
+            lines.append(f"<title>Talk {i} {lang}</title>")
+            lines.append(f"<description>About talk {i} {lang}</description>")
+        lines.append(f"{'Satz' if lang == 'de' else 'sentence'} number {i} is here .")
+    return lines
+
+
+def xml(name, lang, n):
+    segs = [f'<seg id="{i}"> {name} {lang} segment {i} it\u2019s </seg>' for i in range(1, n + 1)]
+    return ["<?xml version=\"1.0\" encoding=\"UTF-8\"?>", "<mteval>", f'<doc docid="1">', *segs, "</doc>", "</mteval>"]
+
+
+def build_archive(path, train=50, sets=(("TED.dev2010", 3), ("TEDX.dev2012", 2), ("TED.tst2010", 4),
+                                        ("TED.tst2011", 2), ("TED.tst2012", 3))):
+    files = {f"de-en/train.tags.de-en.{lang}": transcript(lang, train) for lang in ("de", "en")}
+    for name, n in sets:
+        for lang in ("de", "en"):
+            files[f"de-en/IWSLT14.{name}.de-en.{lang}.xml"] = xml(name, lang, n)
+    with tarfile.open(path, "w:gz") as archive:
+        for name, lines in files.items():
+            data = ("\n".join(lines) + "\n").encode("utf-8")
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_split_follows_the_fairseq_convention(tmp_path):
+    archive = build_archive(tmp_path / "de-en.tgz")
+    paths, summary = extract_iwslt14(archive, tmp_path / "corpus", "de", "en")
+    counts = summary["iwslt14"]["extracted_pairs"]
+    # 50 sentences + 5 titles + 5 descriptions = 60 text lines, every 23rd held out (lines 23, 46)
+    assert counts == {"train": 58, "valid": 2, "test": 3 + 2 + 4 + 2 + 3}
+    valid_en = paths["valid"][1].read_text().splitlines()
+    assert valid_en == ["sentence number 18 is here .", "sentence number 37 is here ."]
+    test_de = paths["test"][0].read_text().splitlines()
+    assert test_de[0] == "TED.dev2010 de segment 1 it's"  # tags stripped, curly apostrophe mapped
+    assert test_de[3] == "TEDX.dev2012 de segment 1 it's"
+    assert test_de[-1] == "TED.tst2012 de segment 3 it's"
+    train_en = paths["train"][1].read_text().splitlines()
+    assert train_en[:3] == ["Talk 0 en", "About talk 0 en", "sentence number 0 is here ."]
+    assert not any("<" in line for line in train_en)
+
+
+def test_en_de_direction_swaps_sides(tmp_path):
+    archive = build_archive(tmp_path / "de-en.tgz")
+    paths, _ = extract_iwslt14(archive, tmp_path / "corpus", "en", "de")
+    assert paths["train"][0].name == "train.en"
+    assert paths["train"][0].read_text().splitlines()[2] == "sentence number 0 is here ."
+
+
+def test_missing_member_is_named(tmp_path):
+    archive = build_archive(tmp_path / "de-en.tgz", sets=())
+    with tarfile.open(archive) as a:
+        assert "de-en/train.tags.de-en.de" in a.getnames()
+    broken = tmp_path / "broken.tgz"
+    with tarfile.open(archive) as src, tarfile.open(broken, "w:gz") as dst:
+        for member in src.getmembers():
+            if not member.name.endswith(".en"):
+                dst.addfile(member, src.extractfile(member))
+    with pytest.raises(CorpusError, match="the archive has no train.tags.de-en.en"):
+        extract_iwslt14(broken, tmp_path / "c", "de", "en")
+
+
+@pytest.mark.slow
+def test_cli_runs_the_shared_pipeline(tmp_path):
+    archive = build_archive(tmp_path / "de-en.tgz", train=120)
+    out = tmp_path / "iwslt"
+    assert prepare_main(["iwslt14", "--archive", str(archive), "--out", str(out), "--vocab-size", "80",
+                         "--workers", "1"]) == 0
+    prep = json.loads((out / "prep.json").read_text())
+    assert prep["outputs"]["binarized_sentences"] == {"train": 138, "valid": 6, "test": 14}
+    assert prep["iwslt14"]["missing_test_sets"] == []
+
+
+def test_length_filter_matches_clean_corpus_n():
+    from data_prep.iwslt14 import _keep_by_length
+
+    assert _keep_by_length("a b c", "x y z w")  # ratio 4/3
+    assert not _keep_by_length("a b", "x y z w")  # ratio 2
+    assert not _keep_by_length("a " * 176, "x " * 176)  # too long
+    assert not _keep_by_length("", "x")
