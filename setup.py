@@ -30,6 +30,7 @@ setup(
         "console_scripts": [
             "lskd-prepare=data_prep.cli:main",
             "lskd-eval=eval.cli:main",
+            "lskd-dump-topk=data_prep.dump_topk:main",
         ]
     },
 )

@@ -43,8 +43,16 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        raise UnsafeCheckpointError(
-            f"refused to load {path}: it holds objects that are not plain tensors or known fairseq "
-            f"state, so it may run code when unpickled. Nothing from it was executed. "
-            f"Only load it with weights_only=False if you trust its origin. Details: {err}"
-        ) from err
+        raise explain_unpickling_error(path, err) from err
+
+
+def explain_unpickling_error(path: str, err: pickle.UnpicklingError) -> Exception:
+    """Tell a refused object (possible code payload) from a file that is simply not a checkpoint."""
+    if "global" not in str(err).lower():
+        return ValueError(f"{path} is unreadable as a torch checkpoint (corrupt or not a checkpoint): "
+                          f"{str(err).splitlines()[-1] if str(err) else err}")
+    return UnsafeCheckpointError(
+        f"refused to load {path}: it holds objects that are not plain tensors or known fairseq "
+        f"state, so it may run code when unpickled. Nothing from it was executed. "
+        f"Only load it with weights_only=False if you trust its origin. Details: {err}"
+    )

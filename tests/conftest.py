@@ -37,12 +37,25 @@ def bible_slice(tmp_path_factory) -> Path:
 def trained_checkpoint(bible_slice, tmp_path_factory) -> Path:
     """A checkpoint written by the real fairseq-train (4 updates of a tiny model)."""
     save_dir = tmp_path_factory.mktemp("ckpt")
-    run_module(
-        "fairseq_cli.train", str(bible_slice / "bin"), "--user-dir", str(REPO / "fairseq_plugins"),
+    train_tiny(bible_slice / "bin", save_dir, "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1")
+    return save_dir / "checkpoint_last.pt"
+
+
+def train_tiny(data: Path, save_dir: Path, *extra: str, updates: int = 4, seed: int = 1) -> subprocess.CompletedProcess:
+    """fairseq-train a tiny model for a few updates; returns the finished process (log in stdout/stderr)."""
+    return run_module(
+        "fairseq_cli.train", str(data), "--user-dir", str(REPO / "fairseq_plugins"),
         *TINY_TRANSFORMER, "--cpu", "--optimizer", "adam", "--lr", "1e-3",
-        "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1",
-        "--max-tokens", "1024", "--max-update", "4", "--required-batch-size-multiple", "1",
-        "--save-dir", str(save_dir), "--no-epoch-checkpoints", "--num-workers", "0", "--seed", "1",
-        "--log-format", "simple", "--log-interval", "1",
+        "--max-tokens", "1024", "--max-update", str(updates), "--required-batch-size-multiple", "1",
+        "--save-dir", str(save_dir), "--no-epoch-checkpoints", "--num-workers", "0", "--seed", str(seed),
+        "--log-format", "simple", "--log-interval", "1", *extra,
     )
+
+
+@pytest.fixture(scope="session")
+def second_checkpoint(bible_slice, tmp_path_factory) -> Path:
+    """Another teacher on the same data (no label smoothing, other seed): an ensemble partner."""
+    save_dir = tmp_path_factory.mktemp("ckpt2")
+    train_tiny(bible_slice / "bin", save_dir, "--criterion", "label_smoothed_cross_entropy",
+               "--label-smoothing", "0", seed=2)
     return save_dir / "checkpoint_last.pt"

@@ -76,3 +76,11 @@ def test_generate_loads_checkpoint_without_environment_override(trained_checkpoi
     assert result.returncode == 0, result.stderr[-2000:]
     hypotheses = [line for line in result.stdout.splitlines() if line.startswith("H-")]
     assert len(hypotheses) == 110  # every Ruth + Philemon verse, none dropped
+
+
+def test_junk_file_is_reported_as_unreadable_not_unsafe(tmp_path):
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(ValueError, match="junk.pt is unreadable as a torch checkpoint") as err:
+        load_checkpoint(junk)
+    assert not isinstance(err.value, UnsafeCheckpointError)

@@ -1,0 +1,106 @@
+"""``lskd-dump-topk``: run a teacher (or ensemble) once over binarized splits and cache its top-k.
+
+The cache (see :mod:`lskd.topk_cache`) lets students be distilled with
+``--teacher-topk-cache DIR`` without a teacher in memory. Each split goes to ``DIR/SPLIT`` with a
+manifest recording the data's and the teachers' sha256, so a cache is never used with other data.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from lskd.losses import topk_scores
+from lskd.provenance import provenance
+from lskd.topk_cache import TopKCacheWriter
+
+
+def translation_task(data: Path, src: str | None, tgt: str | None):
+    """A fairseq translation task over ``data``, configured by fairseq's own parser and defaults."""
+    import fairseq_plugins  # noqa: F401  (safe checkpoint loading)
+    from fairseq import options, tasks
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+    argv = [str(data), "--task", "translation"]
+    argv += ["--source-lang", src] if src else []
+    argv += ["--target-lang", tgt] if tgt else []
+    args = options.parse_args_and_arch(options.get_generation_parser(), argv)
+    return tasks.setup_task(convert_namespace_to_omegaconf(args).task)
+
+
+def dump_split(task, teachers, infos, split: str, k: int, out: Path, max_tokens: int, device: torch.device) -> dict:
+    from fairseq import utils
+
+    from fairseq_plugins.data import dataset_sha256
+    from fairseq_plugins.teacher import teacher_log_probs
+
+    task.load_dataset(split)
+    dataset = task.dataset(split)
+    writer = TopKCacheWriter(
+        out / split, k, dataset.tgt_sizes,
+        manifest={
+            "data": f"{task.cfg.data}:{split}",
+            "data_sha256": dataset_sha256(task, split),
+            "teacher_path": [info.path for info in infos],
+            "teacher_sha256": [info.sha256 for info in infos],
+            "teacher_label_smoothing": [info.label_smoothing for info in infos],
+            **provenance(),
+        },
+    )
+    batches = task.get_batch_iterator(
+        dataset, max_tokens=max_tokens, max_positions=utils.resolve_max_positions(
+            task.max_positions(), *[t.max_positions() for t in teachers]),
+        ignore_invalid_inputs=False, required_batch_size_multiple=1, num_workers=0,
+    ).next_epoch_itr(shuffle=False)
+    pad = task.target_dictionary.pad()
+    with tqdm(total=len(dataset), unit="sent", desc=f"top-{k} {split}") as progress:
+        for sample in batches:
+            sample = utils.move_to_cuda(sample, device) if device.type == "cuda" else sample
+            values, indices = topk_scores(teacher_log_probs(teachers, sample["net_input"]), k)
+            lengths = sample["target"].ne(pad).sum(-1).tolist()
+            for row, (sid, length) in enumerate(zip(sample["id"].tolist(), lengths)):
+                writer.write(sid, indices[row, :length], values[row, :length].exp())
+            progress.update(len(lengths))
+    return writer.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="lskd-dump-topk", description=__doc__)
+    parser.add_argument("data", type=Path, help="fairseq-binarized data directory (dict.*.txt, SPLIT.SRC-TGT.*)")
+    parser.add_argument("--teacher-path", required=True, help="teacher checkpoint, or several separated by ':'")
+    parser.add_argument("--k", type=int, default=8, help="tokens kept per position (default 8)")
+    parser.add_argument("--out", type=Path, required=True, help="cache directory (one subdirectory per split)")
+    parser.add_argument("--splits", default="train,valid", help="comma-separated splits (default train,valid)")
+    parser.add_argument("--source-lang", help="default: inferred from the data directory")
+    parser.add_argument("--target-lang", help="default: inferred from the data directory")
+    parser.add_argument("--max-tokens", type=int, default=4096)
+    parser.add_argument("--gpu", action="store_true", help="run the teacher on CUDA")
+    args = parser.parse_args(argv)
+
+    from fairseq_plugins.teacher import TeacherError, load_teachers
+
+    task = translation_task(args.data, args.source_lang, args.target_lang)
+    if not 0 < args.k <= len(task.target_dictionary):
+        print(f"lskd-dump-topk: error: --k {args.k} must be between 1 and the vocabulary size "
+              f"({len(task.target_dictionary)})", file=sys.stderr)
+        return 2
+    try:
+        teachers, infos = load_teachers(args.teacher_path, task)
+    except TeacherError as err:
+        print(f"lskd-dump-topk: error: {err}", file=sys.stderr)
+        return 2
+    device = torch.device("cuda" if args.gpu else "cpu")
+    teachers = [t.to(device) for t in teachers]
+    for split in args.splits.split(","):
+        manifest = dump_split(task, teachers, infos, split, args.k, args.out, args.max_tokens, device)
+        size = (args.out / split / "indices.npy").stat().st_size + (args.out / split / "probs.npy").stat().st_size
+        print(f"{split}: {manifest['sentences']} sentences, {manifest['tokens']} target tokens, "
+              f"{size / max(manifest['tokens'], 1):.1f} bytes/token -> {args.out / split}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

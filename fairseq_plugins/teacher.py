@@ -1,0 +1,135 @@
+"""Load frozen fairseq teachers (one checkpoint or an ensemble) for a student's task.
+
+Shared by the KD criterion and ``lskd-dump-topk``. A teacher is checked against the student's
+target dictionary before it is built, so a mismatch names the differing tokens instead of failing
+inside ``load_state_dict`` with a tensor-shape error.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from lskd.checkpoint import UnsafeCheckpointError, explain_unpickling_error
+from lskd.corpus import sha256_file
+
+logger = logging.getLogger(__name__)
+
+
+class TeacherError(ValueError):
+    """A teacher that cannot be used with this student; the message says why."""
+
+
+@dataclass
+class TeacherInfo:
+    path: str
+    sha256: str
+    label_smoothing: float | None
+    criterion: str | None
+    num_updates: int | None
+
+
+def split_teacher_paths(teacher_path: str) -> list[str]:
+    """``a.pt:b.pt`` -> two ensemble members (fairseq's own ``--path`` convention)."""
+    paths = [p for p in teacher_path.split(":") if p]
+    if not paths:
+        raise TeacherError("--teacher-path is empty")
+    return paths
+
+
+def _read_state(path: str) -> dict:
+    """fairseq's own loader (it upgrades old checkpoints and makes ``cfg`` an OmegaConf object)."""
+    from fairseq import checkpoint_utils
+
+    if not os.path.isfile(path):
+        raise TeacherError(f"teacher checkpoint not found: {path}")
+    try:
+        state = checkpoint_utils.load_checkpoint_to_cpu(path)
+    except pickle.UnpicklingError as err:
+        explained = explain_unpickling_error(path, err)
+        if isinstance(explained, UnsafeCheckpointError):
+            raise explained from err
+        raise TeacherError(f"teacher checkpoint {explained}") from err
+    except Exception as err:  # a truncated or foreign file: say which and why
+        raise TeacherError(f"teacher checkpoint {path} is unreadable: {type(err).__name__}: {err}") from err
+    if not isinstance(state, dict) or "model" not in state or state.get("cfg") is None:
+        raise TeacherError(f"{path} is not a fairseq checkpoint (no 'model' and 'cfg' entries)")
+    return state
+
+
+def _output_vocab_size(model_state: dict) -> int | None:
+    for key in ("decoder.output_projection.weight", "decoder.embed_tokens.weight"):
+        if key in model_state:
+            return int(model_state[key].shape[0])
+    return None
+
+
+def check_dictionary(path: str, state: dict, student_dict, target_lang: str) -> None:
+    """Refuse a teacher whose target dictionary differs from the student's, naming the difference."""
+    from fairseq.data import Dictionary
+
+    task_cfg = state["cfg"]["task"]
+    data = str(task_cfg.get("data", "") or "").split(":")[0]
+    dict_file = Path(data) / f"dict.{task_cfg.get('target_lang') or target_lang}.txt"
+    if data and dict_file.is_file():
+        teacher_dict = Dictionary.load(str(dict_file))
+        if teacher_dict.symbols != student_dict.symbols:
+            differing = [
+                (i, a, b) for i, (a, b) in enumerate(zip(teacher_dict.symbols, student_dict.symbols)) if a != b
+            ][:5]
+            raise TeacherError(
+                f"teacher {path} was trained with target dictionary {dict_file} ({len(teacher_dict)} types) "
+                f"but the student's has {len(student_dict)} types; first differences (index, teacher, student): "
+                f"{differing}. Teacher and student must share one dictionary (lskd-prepare makes a joined one)."
+            )
+        return
+    size = _output_vocab_size(state["model"])
+    if size is not None and size != len(student_dict):
+        raise TeacherError(
+            f"teacher {path} predicts {size} target types but the student's dictionary has "
+            f"{len(student_dict)}: they were not trained on the same dictionary"
+        )
+    logger.warning(f"teacher data {data!r} not found: checked only the dictionary size ({len(student_dict)})")
+
+
+def load_teachers(teacher_path: str, task) -> tuple[list[torch.nn.Module], list[TeacherInfo]]:
+    """Build each teacher in eval mode with frozen parameters, on CPU; log its label smoothing."""
+    from fairseq import checkpoint_utils
+
+    models, infos = [], []
+    for path in split_teacher_paths(teacher_path):
+        state = _read_state(path)
+        check_dictionary(path, state, task.target_dictionary, task.cfg.target_lang)
+        criterion_cfg = state["cfg"].get("criterion") or {}
+        history = state.get("optimizer_history") or [{}]
+        info = TeacherInfo(
+            path=os.path.abspath(path),
+            sha256=sha256_file(path),
+            label_smoothing=criterion_cfg.get("label_smoothing"),
+            criterion=criterion_cfg.get("_name"),
+            num_updates=history[-1].get("num_updates"),
+        )
+        (model,), _, _ = checkpoint_utils.load_model_ensemble_and_task([path], task=task, state=state)
+        model.eval()
+        for parameter in model.parameters():
+            parameter.requires_grad_(False)
+        logger.info(
+            f"teacher {path}: criterion {info.criterion}, label smoothing {info.label_smoothing}, "
+            f"{info.num_updates} updates, sha256 {info.sha256[:12]}"
+        )
+        models.append(model)
+        infos.append(info)
+    return models, infos
+
+
+@torch.no_grad()
+def teacher_log_probs(teachers: list[torch.nn.Module], net_input: dict) -> torch.Tensor:
+    """(B, T, V) log-probabilities at T = 1 under teacher forcing; an ensemble averages probabilities."""
+    from lskd.losses import ensemble_log_probs
+
+    member_lprobs = [t.get_normalized_probs(t(**net_input), log_probs=True) for t in teachers]
+    return member_lprobs[0] if len(member_lprobs) == 1 else ensemble_log_probs(member_lprobs)

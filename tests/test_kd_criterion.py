@@ -1,0 +1,168 @@
+"""The fairseq KD criterion: exactness at alpha = 0, teacher handling, the top-k cache, and bad input."""
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import REPO, train_tiny
+
+pytestmark = pytest.mark.slow
+
+
+def build(data, *criterion_args):
+    """fairseq's own config, task, student model and criterion, in this process."""
+    import fairseq_plugins  # noqa: F401
+    from fairseq import options, tasks
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+    from conftest import TINY_TRANSFORMER
+
+    argv = [str(data), "--user-dir", str(REPO / "fairseq_plugins"), *TINY_TRANSFORMER, "--cpu",
+            "--optimizer", "adam", "--lr", "1e-3", "--max-tokens", "1024", "--required-batch-size-multiple", "1",
+            "--seed", "1", *criterion_args]
+    cfg = convert_namespace_to_omegaconf(options.parse_args_and_arch(options.get_training_parser(), argv))
+    task = tasks.setup_task(cfg.task)
+    task.load_dataset("valid")
+    model = task.build_model(cfg.model)
+    criterion = task.build_criterion(cfg.criterion)
+    return cfg, task, model, criterion
+
+
+def first_batch(task, shuffle=False, seed=1):
+    dataset = task.dataset("valid")
+    return next(iter(task.get_batch_iterator(dataset, max_tokens=1024, required_batch_size_multiple=1,
+                                             seed=seed).next_epoch_itr(shuffle=shuffle)))
+
+
+def test_alpha_zero_equals_fairseq_label_smoothed_cross_entropy(bible_slice, trained_checkpoint):
+    from fairseq.criterions.label_smoothed_cross_entropy import LabelSmoothedCrossEntropyCriterion
+
+    _, task, model, ours = build(bible_slice / "bin", "--criterion", "label_smoothed_cross_entropy_with_kd",
+                                 "--label-smoothing", "0.1", "--kd-alpha", "0", "--teacher-path", str(trained_checkpoint))
+    theirs = LabelSmoothedCrossEntropyCriterion(task, sentence_avg=False, label_smoothing=0.1)
+    sample = first_batch(task)
+    model.eval()
+    loss, size, log = ours(model, sample)
+    want, want_size, want_log = theirs(model, sample)
+    assert torch.equal(loss, want) and size == want_size and torch.equal(log["nll_loss"], want_log["nll_loss"])
+
+
+def test_online_teacher_is_frozen_hidden_and_follows_the_kd_formula(bible_slice, trained_checkpoint):
+    from fairseq.trainer import Trainer
+
+    from lskd.losses import word_kd_loss
+
+    cfg, task, model, criterion = build(
+        bible_slice / "bin", "--criterion", "label_smoothed_cross_entropy_with_kd", "--label-smoothing", "0.1",
+        "--kd-alpha", "0.7", "--kd-temperature", "2", "--teacher-path", str(trained_checkpoint))
+    teacher = criterion._teachers[0]
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    assert not list(criterion.parameters()) and not criterion.state_dict()
+    trainer = Trainer(cfg, task, model, criterion)
+    for seed in (1, 2):
+        trainer.train_step([first_batch(task, shuffle=True, seed=seed)])
+    assert not teacher.training
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
+    optimised = {id(p) for group in trainer.optimizer.optimizer.param_groups for p in group["params"]}
+    assert not optimised & {id(p) for p in teacher.parameters()}
+    assert not criterion.state_dict()  # nothing of the teacher goes into a checkpoint
+
+    # the criterion's loss is the KD formula on the teacher's and student's distributions
+    model.eval()
+    sample = first_batch(task)
+    loss, _, log = criterion(model, sample)
+    with torch.no_grad():
+        student = model.get_normalized_probs(model(**sample["net_input"]), log_probs=True)
+        t_scores = teacher.get_normalized_probs(teacher(**sample["net_input"]), log_probs=True)
+    v = student.size(-1)
+    want = word_kd_loss(student.view(-1, v), sample["target"].view(-1), t_scores.view(-1, v), alpha=0.7,
+                        temperature=2.0, epsilon=0.1, ignore_index=task.target_dictionary.pad())
+    assert loss.item() == pytest.approx(want.loss.item(), rel=1e-6)
+    assert {"kd_loss", "teacher_entropy", "teacher_agree", "teacher_nll"} <= set(log)
+
+
+def test_cache_gives_the_online_top_k_loss_under_shuffling(bible_slice, trained_checkpoint, tmp_path):
+    from data_prep.dump_topk import main as dump_main
+
+    assert dump_main([str(bible_slice / "bin"), "--teacher-path", str(trained_checkpoint), "--k", "4",
+                      "--out", str(tmp_path / "cache"), "--splits", "valid"]) == 0
+    common = ["--criterion", "label_smoothed_cross_entropy_with_kd", "--label-smoothing", "0.1",
+              "--kd-alpha", "0.5", "--kd-temperature", "2", "--train-subset", "valid", "--valid-subset", "valid"]
+    _, task, model, online = build(bible_slice / "bin", *common, "--teacher-path", str(trained_checkpoint),
+                                   "--teacher-topk", "4")
+    _, _, _, cached = build(bible_slice / "bin", *common, "--teacher-topk-cache", str(tmp_path / "cache"))
+    model.train()
+    for seed in (3, 4):
+        sample = first_batch(task, shuffle=True, seed=seed)
+        torch.manual_seed(0)
+        want, _, want_log = online(model, sample)
+        torch.manual_seed(0)
+        got, _, got_log = cached(model, sample)
+        assert got.item() == pytest.approx(want.item(), rel=2e-3)  # fp16 probabilities in the cache
+        assert got_log["teacher_gold_in_topk"] == want_log["teacher_gold_in_topk"]
+
+
+def test_cache_for_other_data_is_refused(bible_slice, trained_checkpoint, tmp_path):
+    from data_prep.dump_topk import main as dump_main
+    from lskd.topk_cache import TopKCacheError
+
+    assert dump_main([str(bible_slice / "bin"), "--teacher-path", str(trained_checkpoint), "--k", "4",
+                      "--out", str(tmp_path / "cache"), "--splits", "test"]) == 0
+    (tmp_path / "cache" / "test").rename(tmp_path / "cache" / "valid")  # a test-set cache posing as valid
+    with pytest.raises(TopKCacheError, match="was built for data .* not for this data"):
+        build(bible_slice / "bin", "--criterion", "label_smoothed_cross_entropy_with_kd", "--kd-alpha", "0.5",
+              "--train-subset", "valid", "--teacher-topk-cache", str(tmp_path / "cache"))
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--kd-alpha", "1.5"], r"kd alpha must be in \[0, 1\], got 1.5"),
+    (["--kd-alpha", "0.5", "--kd-temperature", "0"], "kd temperature must be > 0"),
+    (["--kd-alpha", "0.5"], "needs a teacher"),
+    (["--kd-alpha", "0.5", "--teacher-path", "/nonexistent/teacher.pt"], "teacher checkpoint not found: /nonexistent/teacher.pt"),
+    (["--kd-alpha", "0.5", "--teacher-path", "TEACHER", "--teacher-topk", "100000"], r"--teacher-topk 100000 must be between 0 and the vocabulary size"),
+])
+def test_bad_settings_stop_early_with_a_clear_message(bible_slice, trained_checkpoint, args, message):
+    args = [str(trained_checkpoint) if a == "TEACHER" else a for a in args]
+    with pytest.raises(ValueError, match=message):
+        build(bible_slice / "bin", "--criterion", "label_smoothed_cross_entropy_with_kd", *args)
+
+
+def test_unreadable_teacher_and_other_dictionary_are_named(bible_slice, tmp_path, trained_checkpoint):
+    from fairseq_plugins.teacher import TeacherError
+
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(TeacherError, match="teacher checkpoint .*junk.pt is unreadable"):
+        build(bible_slice / "bin", "--criterion", "label_smoothed_cross_entropy_with_kd", "--teacher-path", str(junk))
+
+    # a student on data with another dictionary (same corpus, other vocabulary size)
+    other = tmp_path / "other"
+    subprocess.run([sys.executable, "-m", "data_prep.cli", "bible", "--out", str(other), "--limit-train", "300",
+                    "--vocab-size", "400"], check=True, capture_output=True)
+    with pytest.raises(TeacherError, match=r"target dictionary .*dict.en.txt \(\d+ types\) but the student's has \d+ types"):
+        build(other / "bin", "--criterion", "label_smoothed_cross_entropy_with_kd", "--teacher-path", str(trained_checkpoint))
+
+
+def test_fairseq_train_with_online_ensemble_and_cached_teachers(bible_slice, trained_checkpoint, second_checkpoint, tmp_path):
+    from data_prep.dump_topk import main as dump_main
+
+    assert dump_main([str(bible_slice / "bin"), "--teacher-path", str(trained_checkpoint), "--k", "8",
+                      "--out", str(tmp_path / "cache")]) == 0
+    teachers = {
+        "online": ["--teacher-path", str(trained_checkpoint)],
+        "ensemble": ["--teacher-path", f"{trained_checkpoint}:{second_checkpoint}"],
+        "cache": ["--teacher-topk-cache", str(tmp_path / "cache")],
+    }
+    for name, teacher_args in teachers.items():
+        result = train_tiny(bible_slice / "bin", tmp_path / name, "--criterion", "label_smoothed_cross_entropy_with_kd",
+                            "--label-smoothing", "0.1", "--kd-alpha", "0.5", *teacher_args, updates=3)
+        log = result.stdout + result.stderr
+        train_line = [line for line in log.splitlines() if "| train |" in line][-1]
+        for metric in ("kd_loss", "teacher_entropy", "teacher_agree", "teacher_nll", "nll_loss"):
+            assert re.search(rf"\b{metric} [\d.]+", train_line), (name, metric, train_line)
+        assert "label smoothing 0.1" in log or "teacher label smoothing [0.1]" in log
+        state = torch.load(tmp_path / name / "checkpoint_last.pt", weights_only=True)
+        assert not any("teacher" in key for key in state["model"])
+        assert state.get("criterion") is None
