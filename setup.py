@@ -25,12 +25,13 @@ setup(
     python_requires=">=3.10",
     install_requires=[TORCH, *FAIRSEQ, "sacrebleu>=2.3,<3", "sacremoses>=0.1", "sentencepiece>=0.2",
                       "numpy", "tqdm"],
-    extras_require={"test": ["pytest>=8"]},
+    extras_require={"plots": ["matplotlib>=3.7"], "test": ["pytest>=8", "matplotlib>=3.7"]},
     entry_points={
         "console_scripts": [
             "lskd-prepare=data_prep.cli:main",
             "lskd-eval=eval.cli:main",
             "lskd-dump-topk=data_prep.dump_topk:main",
+            "lskd-report=eval.report:main",
         ]
     },
 )

@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from lskd.losses import topk_scores
 from lskd.provenance import provenance
@@ -32,15 +31,12 @@ def translation_task(data: Path, src: str | None, tgt: str | None):
 
 
 def dump_split(task, teachers, infos, split: str, k: int, out: Path, max_tokens: int, device: torch.device) -> dict:
-    from fairseq import utils
-
     from fairseq_plugins.data import dataset_sha256
-    from fairseq_plugins.teacher import teacher_log_probs
+    from fairseq_plugins.teacher import split_batches, teacher_log_probs
 
     task.load_dataset(split)
-    dataset = task.dataset(split)
     writer = TopKCacheWriter(
-        out / split, k, dataset.tgt_sizes,
+        out / split, k, task.dataset(split).tgt_sizes,
         manifest={
             "data": f"{task.cfg.data}:{split}",
             "data_sha256": dataset_sha256(task, split),
@@ -50,20 +46,12 @@ def dump_split(task, teachers, infos, split: str, k: int, out: Path, max_tokens:
             **provenance(),
         },
     )
-    batches = task.get_batch_iterator(
-        dataset, max_tokens=max_tokens, max_positions=utils.resolve_max_positions(
-            task.max_positions(), *[t.max_positions() for t in teachers]),
-        ignore_invalid_inputs=False, required_batch_size_multiple=1, num_workers=0,
-    ).next_epoch_itr(shuffle=False)
     pad = task.target_dictionary.pad()
-    with tqdm(total=len(dataset), unit="sent", desc=f"top-{k} {split}") as progress:
-        for sample in batches:
-            sample = utils.move_to_cuda(sample, device) if device.type == "cuda" else sample
-            values, indices = topk_scores(teacher_log_probs(teachers, sample["net_input"]), k)
-            lengths = sample["target"].ne(pad).sum(-1).tolist()
-            for row, (sid, length) in enumerate(zip(sample["id"].tolist(), lengths)):
-                writer.write(sid, indices[row, :length], values[row, :length].exp())
-            progress.update(len(lengths))
+    for sample in split_batches(task, teachers, split, max_tokens, device, f"top-{k} {split}"):
+        values, indices = topk_scores(teacher_log_probs(teachers, sample["net_input"]), k)
+        lengths = sample["target"].ne(pad).sum(-1).tolist()
+        for row, (sid, length) in enumerate(zip(sample["id"].tolist(), lengths)):
+            writer.write(sid, indices[row, :length], values[row, :length].exp())
     return writer.close()
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import sacrebleu
 
+from lskd.checkpoint import describe_checkpoint
 from lskd.corpus import CorpusError, read_lines, sha256_file, write_lines
 from lskd.provenance import provenance, write_json
 
@@ -49,6 +50,24 @@ def score(hypotheses: list[str], references: list[str]) -> dict[str, dict[str, A
         result = metric.corpus_score(hypotheses, [references])
         results[name] = {"score": round(result.score, 2), "signature": str(metric.get_signature()), "text": str(result)}
     return results
+
+
+def paired_bootstrap(baseline: list[str], system: list[str], references: list[str], samples: int = 1000) -> dict[str, Any]:
+    """sacrebleu's paired bootstrap resampling (``--paired-bs``): is ``system`` really better than ``baseline``?"""
+    from sacrebleu.significance import PairedTest
+
+    if not len(baseline) == len(system) == len(references):
+        raise CorpusError(f"paired test needs equal counts: baseline {len(baseline)}, system {len(system)}, "
+                          f"references {len(references)}")
+    test = PairedTest([("baseline", baseline), ("system", system)],
+                      {"BLEU": sacrebleu.BLEU(), "chrF": sacrebleu.CHRF()}, [references], test_type="bs", n_samples=samples)
+    signatures, results = test()
+    return {
+        metric: {"baseline": results[metric][0].score, "system": results[metric][1].score,
+                 "system_mean": results[metric][1].mean, "system_ci95": results[metric][1].ci,
+                 "p_value": results[metric][1].p_value, "signature": str(signatures[metric])}
+        for metric in signatures  # "BLEU", "chrF2"
+    } | {"samples": samples}
 
 
 def score_files(hypothesis_file: str | Path, reference_file: str | Path) -> dict[str, dict[str, Any]]:
@@ -96,6 +115,24 @@ def ordered(hypotheses: dict[int, str], expected: int) -> list[str]:
     return [hypotheses[i] for i in range(expected)]
 
 
+def describe_system(checkpoint: Path) -> dict[str, Any]:
+    """How the scored checkpoint was trained, including its teacher's label smoothing (for reports)."""
+    system = describe_checkpoint(checkpoint)
+    teacher_ls = None
+    if system["teacher_topk_cache"]:
+        manifest = Path(system["teacher_topk_cache"]) / "train" / "manifest.json"
+        if manifest.is_file():
+            teacher_ls = json.loads(manifest.read_text(encoding="utf-8")).get("teacher_label_smoothing")
+    elif system["teacher_path"]:
+        paths = [p for p in system["teacher_path"].split(":") if p]
+        if all(Path(p).is_file() for p in paths):
+            teacher_ls = [describe_checkpoint(p)["label_smoothing"] for p in paths]
+    system["teacher_label_smoothing"] = teacher_ls
+    distilled = (system["kd_alpha"] or 0) > 0
+    system["method"] = "word-KD" if distilled else "CE"
+    return system
+
+
 def evaluate(checkpoint: Path, data_dir: Path, split: str, out_dir: Path, options: DecodeOptions) -> dict[str, Any]:
     """Decode ``split`` of a ``lskd-prepare`` directory and write hypotheses plus a JSON record."""
     prep_path = data_dir / "prep.json"
@@ -121,6 +158,7 @@ def evaluate(checkpoint: Path, data_dir: Path, split: str, out_dir: Path, option
         "hypotheses_file": str(hypothesis_file),
         "references_file": str(data_dir / "raw" / f"{split}.{tgt}"),
         "checkpoint": {"path": str(checkpoint.resolve()), "sha256": sha256_file(checkpoint)},
+        "system": describe_system(checkpoint),
         "data": {"prep_json": str(prep_path.resolve()), "fingerprint": prep["fingerprint"]},
         "decoding": asdict(options),
         **provenance(),

@@ -24,6 +24,29 @@ def build_parser() -> argparse.ArgumentParser:
     bleu.add_argument("--batch-size", type=int, default=64)
     bleu.add_argument("--gpu", action="store_true", help="decode on the GPU (default: --cpu)")
 
+    stability = commands.add_parser("stability", help="stability 1 - S, ECE and entropy of a checkpoint on a split")
+    stability.add_argument("--checkpoint", required=True, type=Path)
+    stability.add_argument("--data", required=True, type=Path, help="directory made by lskd-prepare")
+    stability.add_argument("--split", default="test")
+    stability.add_argument("--out", required=True, type=Path, help="directory for stability-SPLIT.json")
+    stability.add_argument("--max-classes", type=int, default=1000,
+                           help="the most frequent gold tokens used as classes (memory: N x V x 8 bytes; default 1000)")
+    stability.add_argument("--max-tokens", type=int, default=4096)
+
+    project = commands.add_parser("project", help="penultimate-layer picture of three target tokens, one panel per checkpoint")
+    project.add_argument("--checkpoints", required=True, nargs="+", type=Path, help="e.g. the LS and the non-LS teacher")
+    project.add_argument("--data", required=True, type=Path)
+    project.add_argument("--split", default="test")
+    project.add_argument("--tokens", nargs=3, default=["▁God", "▁Lord", "▁water"],
+                         help="three target pieces: two related, one not (default: ▁God ▁Lord ▁water)")
+    project.add_argument("--out", required=True, type=Path, help="PNG file")
+
+    compare = commands.add_parser("compare", help="paired bootstrap significance of two systems (sacrebleu --paired-bs)")
+    compare.add_argument("--baseline", required=True, type=Path, help="baseline hypotheses")
+    compare.add_argument("--system", required=True, type=Path, help="system hypotheses")
+    compare.add_argument("--ref", required=True, type=Path)
+    compare.add_argument("--samples", type=int, default=1000)
+
     table = commands.add_parser("table", help="print the scores of bleu-SPLIT.json records side by side")
     table.add_argument("records", nargs="+", type=Path, help="bleu-SPLIT.json files written by 'lskd-eval bleu'")
 
@@ -39,6 +62,29 @@ def main(argv: list[str] | None = None) -> int:
         print(format_table(args.records))
         return 0
     try:
+        if args.command == "stability":
+            from eval.analysis import stability_report
+
+            record = stability_report(args.checkpoint, args.data, args.split, args.out, args.max_classes, args.max_tokens)
+            print(f"1 - S = {record['one_minus_s']:.4f} over {record['classes']} classes, ECE = {record['ece_15_bins']:.4f}, "
+                  f"entropy = {record['mean_entropy_bits']:.3f} bits, accuracy = {record['accuracy']:.4f} "
+                  f"({record['positions']} positions)")
+            return 0
+        if args.command == "project":
+            from eval.analysis import projection_figure
+
+            print(projection_figure(args.checkpoints, args.data, args.split, args.tokens, args.out))
+            return 0
+        if args.command == "compare":
+            from eval.bleu import paired_bootstrap
+            from lskd.corpus import read_lines
+
+            result = paired_bootstrap(read_lines(args.baseline), read_lines(args.system), read_lines(args.ref), args.samples)
+            for metric in ("BLEU", "chrF2"):
+                r = result[metric]
+                print(f"{metric}: baseline {r['baseline']:.2f}, system {r['system']:.2f} "
+                      f"({r['system_mean']:.2f} +- {r['system_ci95']:.2f}), p = {r['p_value']:.4f}  ({r['signature']})")
+            return 0
         if args.command == "bleu":
             options = DecodeOptions(beam=args.beam, lenpen=args.lenpen, batch_size=args.batch_size, cpu=not args.gpu)
             scores = evaluate(args.checkpoint, args.data, args.split, args.out, options)["scores"]

@@ -11,6 +11,7 @@ import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -133,3 +134,28 @@ def teacher_log_probs(teachers: list[torch.nn.Module], net_input: dict) -> torch
 
     member_lprobs = [t.get_normalized_probs(t(**net_input), log_probs=True) for t in teachers]
     return member_lprobs[0] if len(member_lprobs) == 1 else ensemble_log_probs(member_lprobs)
+
+
+def split_batches(task, models: list[torch.nn.Module], split: str, max_tokens: int, device: torch.device,
+                  desc: str) -> Iterator[dict]:
+    """Every sentence of ``split`` once, unshuffled, in batches the models accept.
+
+    ``required_batch_size_multiple=1`` and ``ignore_invalid_inputs=False``: no tail batch is dropped
+    and an over-long sentence stops the run instead of being skipped. Shows a progress bar.
+    """
+    from fairseq import utils
+    from tqdm import tqdm
+
+    task.load_dataset(split)
+    dataset = task.dataset(split)
+    batches = task.get_batch_iterator(
+        dataset, max_tokens=max_tokens,
+        max_positions=utils.resolve_max_positions(task.max_positions(), *[m.max_positions() for m in models]),
+        ignore_invalid_inputs=False, required_batch_size_multiple=1, num_workers=0,
+    ).next_epoch_itr(shuffle=False)
+    with tqdm(total=len(dataset), unit="sent", desc=desc) as progress:
+        for sample in batches:
+            if device.type == "cuda":
+                sample = utils.move_to_cuda(sample, device)
+            yield sample
+            progress.update(len(sample["id"]))

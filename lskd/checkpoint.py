@@ -56,3 +56,35 @@ def explain_unpickling_error(path: str, err: pickle.UnpicklingError) -> Exceptio
         f"state, so it may run code when unpickled. Nothing from it was executed. "
         f"Only load it with weights_only=False if you trust its origin. Details: {err}"
     )
+
+
+def _get(config: Any, key: str, default: Any = None) -> Any:
+    """Read a field from a checkpoint's config section, whether a dict or an argparse.Namespace."""
+    if config is None:
+        return default
+    if isinstance(config, dict):
+        return config.get(key, default)
+    return getattr(config, key, default)
+
+
+def describe_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """What a fairseq checkpoint says about how it was trained: criterion, smoothing, KD knobs, teacher.
+
+    Reports use it so that every row says which teacher and which distillation settings made it.
+    """
+    state = load_checkpoint(path)
+    cfg = state.get("cfg") or {}
+    criterion, model = _get(cfg, "criterion", {}), _get(cfg, "model", {})
+    history = state.get("optimizer_history") or [{}]
+    return {
+        "criterion": _get(criterion, "_name"),
+        "label_smoothing": _get(criterion, "label_smoothing"),
+        "kd_alpha": _get(criterion, "kd_alpha"),
+        "kd_temperature": _get(criterion, "kd_temperature"),
+        "teacher_path": _get(criterion, "teacher_path"),
+        "teacher_topk": _get(criterion, "teacher_topk"),
+        "teacher_topk_cache": _get(criterion, "teacher_topk_cache"),
+        "arch": _get(model, "arch") or _get(model, "_name"),
+        "seed": _get(_get(cfg, "common", {}), "seed"),
+        "num_updates": history[-1].get("num_updates"),
+    }

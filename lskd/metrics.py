@@ -48,3 +48,88 @@ def teacher_statistics(
     if teacher_indices is not None:
         stats["teacher_gold_in_topk"] = covered.sum()
     return stats
+
+
+class StabilityAccumulator:
+    """Shen et al.'s stability metric (Eq. 2), streamed over batches; ``result`` gives ``1 - S``.
+
+    ``1 - S = (1/K) * sum_c (1/n_c) * sum_{i in c} ||p_i - mean_c(p)||^2`` over the K gold classes
+    seen. Since ``sum_i ||p_i - mean||^2 = sum_i ||p_i||^2 - n_c ||mean||^2``, each class keeps only
+    a count, a V-dim sum and a scalar sum of squared norms: memory is ``classes x V x 8`` bytes
+    (float64), whatever the number of examples. ``classes`` restricts the metric to those gold
+    classes (e.g. the most frequent ones of a large vocabulary); others are ignored.
+    """
+
+    def __init__(self, num_outputs: int, classes: torch.Tensor | list[int] | None = None, max_classes: int | None = None):
+        tracked = torch.arange(num_outputs) if classes is None else torch.as_tensor(classes, dtype=torch.long)
+        if max_classes is not None and len(tracked) > max_classes:
+            raise ValueError(f"{len(tracked)} classes to track exceed max_classes={max_classes}")
+        self.classes = tracked
+        self.slot = torch.full((num_outputs,), -1, dtype=torch.long)
+        self.slot[tracked] = torch.arange(len(tracked))
+        self.count = torch.zeros(len(tracked), dtype=torch.float64)
+        self.sum = torch.zeros(len(tracked), num_outputs, dtype=torch.float64)
+        self.sum_sq_norm = torch.zeros(len(tracked), dtype=torch.float64)
+
+    @torch.no_grad()
+    def update(self, probs: torch.Tensor, labels: torch.Tensor) -> None:
+        """``probs``: (N, V) probabilities; ``labels``: (N,) gold classes."""
+        probs, labels = probs.detach().to("cpu", torch.float64), labels.detach().cpu().long()
+        slots = self.slot[labels]
+        keep = slots >= 0
+        probs, slots = probs[keep], slots[keep]
+        self.count.index_add_(0, slots, torch.ones_like(slots, dtype=torch.float64))
+        self.sum.index_add_(0, slots, probs)
+        self.sum_sq_norm.index_add_(0, slots, (probs * probs).sum(-1))
+
+    def per_class(self) -> dict[int, float]:
+        """Intra-class variance ``(1/n_c) sum ||p_i - mean_c||^2`` of every class seen."""
+        seen = self.count > 0
+        n = self.count[seen]
+        mean_sq = (self.sum[seen] / n.unsqueeze(-1)).pow(2).sum(-1)
+        variance = (self.sum_sq_norm[seen] / n - mean_sq).clamp_min(0.0)
+        return dict(zip(self.classes[seen].tolist(), variance.tolist()))
+
+    def result(self) -> float:
+        """``1 - S``: the mean intra-class variance over the classes seen (0 if none)."""
+        values = list(self.per_class().values())
+        return sum(values) / len(values) if values else 0.0
+
+
+class CalibrationAccumulator:
+    """Expected calibration error (equal-width confidence bins), accuracy and mean entropy, streamed."""
+
+    def __init__(self, bins: int = 15):
+        self.bins = bins
+        self.count = torch.zeros(bins, dtype=torch.float64)
+        self.confidence = torch.zeros(bins, dtype=torch.float64)
+        self.correct = torch.zeros(bins, dtype=torch.float64)
+        self.entropy = 0.0
+
+    @torch.no_grad()
+    def update(self, probs: torch.Tensor, labels: torch.Tensor) -> None:
+        probs, labels = probs.detach().to("cpu", torch.float64), labels.detach().cpu().long()
+        confidence, prediction = probs.max(-1)
+        # bin b holds confidences in (b/B, (b+1)/B]; a confidence of exactly 0 cannot occur
+        index = (confidence * self.bins).ceil().long().clamp(1, self.bins) - 1
+        self.count.index_add_(0, index, torch.ones_like(confidence))
+        self.confidence.index_add_(0, index, confidence)
+        self.correct.index_add_(0, index, prediction.eq(labels).double())
+        self.entropy += float(-(torch.special.xlogy(probs, probs)).sum())
+
+    @property
+    def total(self) -> float:
+        return float(self.count.sum())
+
+    def ece(self) -> float:
+        if self.total == 0:
+            return 0.0
+        gap = (self.correct - self.confidence).abs()  # per bin: n_b * |acc_b - conf_b|
+        return float(gap.sum() / self.total)
+
+    def accuracy(self) -> float:
+        return float(self.correct.sum() / self.total) if self.total else 0.0
+
+    def mean_entropy(self) -> float:
+        """Mean entropy in nats."""
+        return self.entropy / self.total if self.total else 0.0

@@ -18,8 +18,12 @@ if [ "$(cat "$LSKD_VENV/.lskd-installed" 2>/dev/null)" != "$lskd_want" ]; then
   # An already installed torch (e.g. a user's CUDA build) is kept at its version.
   lskd_torch=$("$LSKD_VENV/bin/python" -c 'import torch; print(torch.__version__.split("+")[0])' 2>/dev/null || echo 2.13.0)
   echo "[lskd] installing LSKD and its dependencies into $LSKD_VENV (torch==$lskd_torch)"
-  "$LSKD_VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
-    "torch==$lskd_torch" -e "$LSKD_ROOT${lskd_extras:+[$lskd_extras]}"
+  if ! "$LSKD_VENV/bin/python" -m pip install --disable-pip-version-check \
+      "torch==$lskd_torch" -e "$LSKD_ROOT${lskd_extras:+[$lskd_extras]}" > "$LSKD_VENV/install.log" 2>&1; then
+    tail -n 30 "$LSKD_VENV/install.log"
+    echo "[lskd] installation failed; full log: $LSKD_VENV/install.log" >&2
+    exit 1
+  fi
   echo "$lskd_want" > "$LSKD_VENV/.lskd-installed"
 fi
 export PATH="$LSKD_VENV/bin:$PATH"

@@ -45,18 +45,20 @@ evaluate_bleu() {
   lskd-eval bleu --checkpoint "$dir/checkpoint_last.pt" --data "$data" --split test --beam "$beam" \
     --out "$dir/eval" $([ "$LSKD_DEVICE" = gpu ] && echo --gpu) > "$dir/eval.log" 2>&1 \
     || { echo "   $dir: evaluation failed:"; tail -n 20 "$dir/eval.log"; return 1; }
-  echo "   $dir: $(head -n 1 "$dir/eval.log")"
+  echo "   $dir: $(grep -m 1 '^BLEU' "$dir/eval.log")"
 }
 
 # wait_all WHAT [LOG...]: wait for this shell's background jobs, showing progress from the logs
-# every 30 s; fail if any job failed.
+# every minute; fail if any job failed.
 wait_all() {
   local what=$1; shift
   local pids; pids=$(jobs -p)
+  local waited=0
   while [ -n "$(jobs -rp)" ]; do
-    sleep 30
+    sleep 2; waited=$((waited + 2))
+    [ $((waited % 60)) = 0 ] || continue
     for log in "$@"; do
-      [ -f "$log" ] && grep -o 'num_updates[ =][0-9]*' "$log" | tail -n 1 | sed "s|^|   $(dirname "$log"): |"
+      [ -f "$log" ] && { grep -o 'num_updates[ =][0-9]*' "$log" | tail -n 1 | sed "s|^|   $(dirname "$log"): |"; } || true
     done
   done
   local failed=0

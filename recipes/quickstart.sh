@@ -18,8 +18,8 @@ cd "$LSKD_ROOT"
 
 PROFILE=${LSKD_PROFILE:-default}
 case "$PROFILE" in
-  default) UPDATES=${LSKD_TEACHER_UPDATES:-1100}; LIMIT_TRAIN=""; BEAM=5 ;;
-  long)    UPDATES=${LSKD_TEACHER_UPDATES:-4400}; LIMIT_TRAIN=""; BEAM=5 ;;
+  default) UPDATES=${LSKD_TEACHER_UPDATES:-800}; LIMIT_TRAIN=""; BEAM=5 ;;
+  long)    UPDATES=${LSKD_TEACHER_UPDATES:-3200}; LIMIT_TRAIN=""; BEAM=5 ;;
   smoke)   UPDATES=${LSKD_TEACHER_UPDATES:-30};   LIMIT_TRAIN="--limit-train 3000"; BEAM=1 ;;
   *) echo "LSKD_PROFILE must be default, smoke or long (got '$PROFILE')" >&2; exit 2 ;;
 esac

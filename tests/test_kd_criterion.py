@@ -13,21 +13,13 @@ pytestmark = pytest.mark.slow
 
 def build(data, *criterion_args):
     """fairseq's own config, task, student model and criterion, in this process."""
-    import fairseq_plugins  # noqa: F401
-    from fairseq import options, tasks
-    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
-
     from conftest import TINY_TRANSFORMER
+    from fairseq_plugins.components import build_training_components
 
-    argv = [str(data), "--user-dir", str(REPO / "fairseq_plugins"), *TINY_TRANSFORMER, "--cpu",
-            "--optimizer", "adam", "--lr", "1e-3", "--max-tokens", "1024", "--required-batch-size-multiple", "1",
-            "--seed", "1", *criterion_args]
-    cfg = convert_namespace_to_omegaconf(options.parse_args_and_arch(options.get_training_parser(), argv))
-    task = tasks.setup_task(cfg.task)
-    task.load_dataset("valid")
-    model = task.build_model(cfg.model)
-    criterion = task.build_criterion(cfg.criterion)
-    return cfg, task, model, criterion
+    return build_training_components(
+        [str(data), "--user-dir", str(REPO / "fairseq_plugins"), *TINY_TRANSFORMER, "--cpu",
+         "--optimizer", "adam", "--lr", "1e-3", "--max-tokens", "1024", "--required-batch-size-multiple", "1",
+         "--seed", "1", *criterion_args])
 
 
 def first_batch(task, shuffle=False, seed=1):

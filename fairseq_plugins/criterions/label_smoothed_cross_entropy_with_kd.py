@@ -112,6 +112,8 @@ class LabelSmoothedCrossEntropyWithKDCriterion(LabelSmoothedCrossEntropyCriterio
                 continue
             cache = TopKCache(path)
             cache.check(data_sha256=dataset_sha256(task, split), vocab_size=vocab_size, teacher_sha256=teacher_sha256)
+            if self.topk and self.topk != cache.k:
+                raise TopKCacheError(f"--teacher-topk {self.topk} differs from the cache's k={cache.k} ({path})")
             logger.info(
                 f"teacher top-k cache {path}: k={cache.k}, {cache.manifest['sentences']} sentences, "
                 f"teacher label smoothing {cache.manifest.get('teacher_label_smoothing')}"

@@ -1,0 +1,117 @@
+"""Teacher analysis for fairseq checkpoints: stability ``1 - S``, calibration, penultimate pictures.
+
+Classes are gold target tokens; a model's distribution at a position is taken under teacher
+forcing. For a large vocabulary, stability is restricted to the ``max_classes`` most frequent gold
+tokens of the split (memory: max_classes x V x 8 bytes).
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from lskd.corpus import CorpusError
+from lskd.metrics import CalibrationAccumulator, StabilityAccumulator
+from lskd.projection import project_onto_template_plane, save_projection_figure
+from lskd.provenance import provenance, write_json
+
+DEFAULT_MAX_CLASSES = 1000
+
+
+def _task_and_model(checkpoint: Path, data_dir: Path):
+    from data_prep.dump_topk import translation_task
+    from fairseq_plugins.teacher import load_teachers
+
+    prep = json.loads((data_dir / "prep.json").read_text(encoding="utf-8")) if (data_dir / "prep.json").is_file() else None
+    if prep is None:
+        raise CorpusError(f"{data_dir} has no prep.json: prepare it with lskd-prepare first")
+    task = translation_task(data_dir / prep["outputs"]["bin_dir"], prep["options"]["src"], prep["options"]["tgt"])
+    models, infos = load_teachers(str(checkpoint), task)
+    return prep, task, models[0], infos[0]
+
+
+def most_frequent_gold_classes(task, split: str, limit: int) -> torch.Tensor:
+    """The ``limit`` most frequent target tokens of ``split`` (padding excluded)."""
+    task.load_dataset(split)
+    dataset = task.dataset(split).tgt
+    counts = torch.zeros(len(task.target_dictionary), dtype=torch.long)
+    for i in range(len(dataset)):
+        counts += torch.bincount(dataset[i].long(), minlength=len(counts))
+    counts[task.target_dictionary.pad()] = 0
+    seen = int((counts > 0).sum())
+    return counts.argsort(descending=True)[: min(limit, seen)]
+
+
+def stability_report(checkpoint: Path, data_dir: Path, split: str, out_dir: Path, max_classes: int = DEFAULT_MAX_CLASSES,
+                     max_tokens: int = 4096, device: str = "cpu") -> dict[str, Any]:
+    """One teacher-forced pass: stability ``1 - S``, ECE (15 bins), accuracy and entropy; writes JSON."""
+    from fairseq_plugins.teacher import split_batches, teacher_log_probs
+
+    prep, task, model, info = _task_and_model(checkpoint, data_dir)
+    model.to(device)
+    dictionary = task.target_dictionary
+    classes = most_frequent_gold_classes(task, split, max_classes)
+    stability = StabilityAccumulator(len(dictionary), classes=classes)
+    calibration = CalibrationAccumulator(15)
+    for sample in split_batches(task, [model], split, max_tokens, torch.device(device), f"stability {split}"):
+        log_probs = teacher_log_probs([model], sample["net_input"])
+        mask = sample["target"].ne(dictionary.pad())
+        probs, gold = log_probs[mask].exp(), sample["target"][mask]
+        stability.update(probs, gold)
+        calibration.update(probs, gold)
+    per_class = stability.per_class()
+    record = {
+        "split": split,
+        "one_minus_s": stability.result(),
+        "classes": len(per_class),
+        "max_classes": max_classes,
+        "positions": int(calibration.total),
+        "ece_15_bins": calibration.ece(),
+        "accuracy": calibration.accuracy(),
+        "mean_entropy_bits": calibration.mean_entropy() / math.log(2),
+        "per_class_variance": {dictionary[c]: v for c, v in sorted(per_class.items(), key=lambda kv: -kv[1])},
+        "checkpoint": {"path": info.path, "sha256": info.sha256, "label_smoothing": info.label_smoothing,
+                       "num_updates": info.num_updates},
+        "data": {"prep_json": str((data_dir / "prep.json").resolve()), "fingerprint": prep["fingerprint"]},
+        **provenance(),
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / f"stability-{split}.json", record)
+    return record
+
+
+@torch.no_grad()
+def penultimate_points(checkpoint: Path, data_dir: Path, split: str, tokens: Sequence[str],
+                       max_tokens: int = 4096) -> tuple[torch.Tensor, torch.Tensor, float | None]:
+    """(N, 2) plane coordinates and (N,) class indices of decoder states whose gold token is one of ``tokens``."""
+    from fairseq_plugins.teacher import split_batches
+
+    _, task, model, info = _task_and_model(checkpoint, data_dir)
+    dictionary = task.target_dictionary
+    ids = [dictionary.index(t) for t in tokens]
+    missing = [t for t, i in zip(tokens, ids) if i == dictionary.unk()]
+    if missing:
+        raise CorpusError(f"token(s) {missing} are not in the target dictionary (SentencePiece pieces start with '▁')")
+    templates = model.decoder.output_projection.weight[ids]
+    features, labels = [], []
+    for sample in split_batches(task, [model], split, max_tokens, torch.device("cpu"), f"features {split}"):
+        hidden, _ = model(**sample["net_input"], features_only=True)
+        for cls, token in enumerate(ids):
+            where = sample["target"].eq(token)
+            features.append(hidden[where])
+            labels.append(torch.full((int(where.sum()),), cls))
+    points = project_onto_template_plane(torch.cat(features), templates)
+    return points, torch.cat(labels), info.label_smoothing
+
+
+def projection_figure(checkpoints: Sequence[Path], data_dir: Path, split: str, tokens: Sequence[str], out: Path) -> Path:
+    """Side-by-side projections, one panel per checkpoint, titled with its label smoothing."""
+    panels = []
+    for checkpoint in checkpoints:
+        points, labels, smoothing = penultimate_points(checkpoint, data_dir, split, tokens)
+        panels.append((f"{Path(checkpoint).parent.name} (label smoothing {smoothing})", points, labels))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return save_projection_figure(panels, tokens, out)

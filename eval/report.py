@@ -1,0 +1,172 @@
+"""``lskd-report RUN_DIR``: the JSON records of a run as a markdown report with plots and provenance.
+
+Rows are systems: every ``bleu-*.json`` under RUN_DIR, grouped by its directory name with a
+trailing ``_seedN`` removed, so seeds of one setting become one row with mean +- sd. A teacher's
+stability record (``stability-*.json``, matched by checkpoint sha256) fills its ``1 - S`` and ECE.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from lskd.provenance import provenance
+
+_SEED_SUFFIX = re.compile(r"[_-]seed\d+$")
+
+
+def load_records(run_dir: Path, pattern: str) -> list[tuple[Path, dict[str, Any]]]:
+    return [(path, json.loads(path.read_text(encoding="utf-8"))) for path in sorted(run_dir.rglob(pattern))]
+
+
+def system_name(record_path: Path, run_dir: Path) -> str:
+    """The run directory holding ``eval/bleu-*.json`` (or the record's own folder), seed suffix removed."""
+    folder = record_path.parent.parent if record_path.parent.name == "eval" else record_path.parent
+    name = str(folder.relative_to(run_dir)) if folder != run_dir else folder.name
+    return _SEED_SUFFIX.sub("", name)
+
+
+def mean_sd(values: list[float]) -> str:
+    if not values:
+        return "n/a"
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, list):
+        return "/".join(_fmt(v) for v in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def build_rows(run_dir: Path) -> list[dict[str, Any]]:
+    stability = {rec["checkpoint"]["sha256"]: rec for _, rec in load_records(run_dir, "stability-*.json")}
+    groups: dict[str, list[tuple[Path, dict]]] = defaultdict(list)
+    for path, record in load_records(run_dir, "bleu-*.json"):
+        groups[system_name(path, run_dir)].append((path, record))
+    rows = []
+    for name, members in sorted(groups.items()):
+        system = members[0][1].get("system", {})
+        analysed = [stability[r["checkpoint"]["sha256"]] for _, r in members if r["checkpoint"]["sha256"] in stability]
+        rows.append({
+            "system": name,
+            "method": system.get("method", "-"),
+            "label_smoothing": system.get("label_smoothing"),
+            "teacher_label_smoothing": system.get("teacher_label_smoothing"),
+            "temperature": system.get("kd_temperature") if system.get("method") == "word-KD" else None,
+            "alpha": system.get("kd_alpha") if system.get("method") == "word-KD" else None,
+            "seeds": len(members),
+            "bleu": [r["scores"]["bleu"]["score"] for _, r in members],
+            "chrf": [r["scores"]["chrf"]["score"] for _, r in members],
+            "ter": [r["scores"]["ter"]["score"] for _, r in members],
+            "one_minus_s": [a["one_minus_s"] for a in analysed],
+            "ece": [a["ece_15_bins"] for a in analysed],
+            "records": [str(p.relative_to(run_dir)) for p, _ in members],
+            "provenance": [r for _, r in members] + analysed,
+        })
+    return rows
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    header = ["system", "method", "LS", "teacher LS", "T", "alpha", "seeds", "BLEU", "chrF", "TER", "1 - S", "ECE"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        stab = (f"{statistics.mean(row['one_minus_s']):.4f}" if row["one_minus_s"] else "-")
+        ece = (f"{statistics.mean(row['ece']):.4f}" if row["ece"] else "-")
+        cells = [row["system"], row["method"], _fmt(row["label_smoothing"]), _fmt(row["teacher_label_smoothing"]),
+                 _fmt(row["temperature"]), _fmt(row["alpha"]), str(row["seeds"]), mean_sd(row["bleu"]),
+                 mean_sd(row["chrf"]), mean_sd(row["ter"]), stab, ece]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_bleu_vs_temperature(rows: list[dict[str, Any]], path: Path) -> Path | None:
+    """Students' BLEU against T, one line per teacher label smoothing; None when no KD rows exist."""
+    series: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for row in rows:
+        if row["temperature"] is not None and row["bleu"]:
+            series[f"teacher LS {_fmt(row['teacher_label_smoothing'])}"].append(
+                (row["temperature"], statistics.mean(row["bleu"])))
+    if not series:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(5, 3.5), dpi=100)
+    for label, points in sorted(series.items()):
+        points.sort()
+        axis.plot([t for t, _ in points], [b for _, b in points], marker="o", label=label)
+    axis.set_xscale("log", base=2)
+    axis.set_xlabel("temperature T")
+    axis.set_ylabel("BLEU (sacrebleu)")
+    axis.legend()
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    plt.close(figure)
+    return path
+
+
+def provenance_section(rows: list[dict[str, Any]]) -> str:
+    lines = ["## Provenance", ""]
+    for row in rows:
+        lines.append(f"**{row['system']}**")
+        for record in row["provenance"]:
+            kind = "stability" if "one_minus_s" in record else "BLEU"
+            signature = record["scores"]["bleu"]["signature"] if kind == "BLEU" else f"{record['classes']} classes"
+            versions = record.get("versions", {})
+            lines.append(
+                f"- {kind}: checkpoint `{record['checkpoint']['path']}` (sha256 {record['checkpoint']['sha256'][:12]}), "
+                f"data {record['data']['fingerprint'][:12]}, split {record['split']}, {signature}; "
+                f"fairseq {versions.get('ve-fairseq', '?')}, sacrebleu {versions.get('sacrebleu', '?')}, "
+                f"lskd {versions.get('lskd', '?')}; `{record['command']}`"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_report(run_dir: Path, out: Path | None = None) -> Path:
+    rows = build_rows(run_dir)
+    if not rows:
+        raise FileNotFoundError(f"no bleu-*.json records under {run_dir}: run lskd-eval bleu first")
+    out = out or run_dir / "report.md"
+    plot = plot_bleu_vs_temperature(rows, out.parent / "plots" / "bleu_vs_temperature.png")
+    parts = [f"# LSKD report: {run_dir}", "", markdown_table(rows), "",
+             "BLEU/chrF/TER: sacrebleu on detokenized output against raw references (signatures below); "
+             "mean ± sd over seeds. LS: the system's own label smoothing (fairseq convention, eps spread over "
+             "V - 1 classes). 1 - S: stability (Shen et al. Eq. 2) over the most frequent gold tokens; "
+             "ECE: 15 bins. Both from a teacher-forced pass.", ""]
+    if plot:
+        parts += [f"![BLEU vs temperature]({plot.relative_to(out.parent)})", ""]
+    pictures = sorted(out.parent.rglob("*.png"))
+    parts += [f"![{p.stem}]({p.relative_to(out.parent)})" for p in pictures if p != plot] + [""]
+    parts += [provenance_section(rows), f"Report made by `{provenance()['command']}` at {provenance()['created']}."]
+    out.write_text("\n".join(parts) + "\n", encoding="utf-8")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="lskd-report", description=__doc__)
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--out", type=Path, help="markdown file (default RUN_DIR/report.md)")
+    args = parser.parse_args(argv)
+    try:
+        print(write_report(args.run_dir, args.out))
+    except FileNotFoundError as err:
+        print(f"lskd-report: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

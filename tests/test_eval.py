@@ -1,0 +1,108 @@
+"""lskd-eval and lskd-report: scoring, refusals, significance, analysis passes and the report."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from eval.bleu import ordered, paired_bootstrap, score, score_files
+from eval.cli import main as eval_main
+from eval.report import build_rows, markdown_table, write_report
+from lskd.corpus import CorpusError
+
+HYPS = ["the cat sat on the mat", "a dog barks loudly at night", "he said that it was good", "no"]
+REFS = ["the cat sat on a mat", "the dog barks loudly at night", "he said it was very good", "yes"]
+
+
+def write(path, lines):
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_scores_equal_sacrebleu_cli(tmp_path):
+    hyp, ref = write(tmp_path / "hyp.txt", HYPS), write(tmp_path / "ref.txt", REFS)
+    ours = score_files(hyp, ref)
+    cli = subprocess.run([sys.executable, "-m", "sacrebleu", str(ref), "-i", str(hyp), "-m", "bleu", "chrf", "ter",
+                          "-b", "-w", "2"], capture_output=True, text=True, check=True).stdout
+    assert [ours["bleu"]["score"], ours["chrf"]["score"], ours["ter"]["score"]] == json.loads(cli)
+    assert ours["bleu"]["signature"].startswith("nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:")
+
+
+def test_count_mismatch_is_refused(tmp_path, capsys):
+    hyp, ref = write(tmp_path / "hyp.txt", HYPS[:3]), write(tmp_path / "ref.txt", REFS)
+    with pytest.raises(CorpusError, match="hyp.txt has 3 lines but .*ref.txt has 4"):
+        score_files(hyp, ref)
+    assert eval_main(["score", "--hyp", str(hyp), "--ref", str(ref)]) == 2
+    assert "has 3 lines" in capsys.readouterr().err
+    with pytest.raises(CorpusError, match="refusing to score a partial output"):
+        score(HYPS[:2], REFS)
+
+
+def test_missing_decoded_ids_are_named():
+    with pytest.raises(CorpusError, match=r"3 hypotheses for 5 sentences; missing ids \[1, 4\]"):
+        ordered({0: "a", 2: "b", 3: "c"}, 5)
+    assert ordered({1: "b", 0: "a"}, 2) == ["a", "b"]
+
+
+def test_paired_bootstrap_finds_a_clearly_better_system():
+    result = paired_bootstrap(HYPS * 5, REFS * 5, REFS * 5, samples=200)
+    assert result["BLEU"]["system"] == pytest.approx(100.0) and result["BLEU"]["baseline"] < 60
+    assert result["BLEU"]["p_value"] < 0.05 and result["chrF2"]["p_value"] < 0.05
+    assert "bs:200" in result["BLEU"]["signature"]
+
+
+def fake_bleu(path, bleu, system, sha, fingerprint="f" * 64):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {
+        "scores": {m: {"score": bleu + i, "signature": f"{m}-sig", "text": ""} for i, m in enumerate(("bleu", "chrf", "ter"))},
+        "split": "test", "sentences": 4, "checkpoint": {"path": f"/ckpt/{sha}.pt", "sha256": sha * 64},
+        "data": {"fingerprint": fingerprint}, "system": system, "command": "lskd-eval bleu ...",
+        "versions": {"ve-fairseq": "0.12.3", "sacrebleu": "2.6.0", "lskd": "0.1.0"},
+    }
+    path.write_text(json.dumps(record))
+
+
+def test_report_renders_a_table_with_seed_statistics_and_stability(tmp_path):
+    teacher = {"method": "CE", "label_smoothing": 0.1, "teacher_label_smoothing": None, "kd_temperature": None, "kd_alpha": None}
+    student = {"method": "word-KD", "label_smoothing": 0.1, "teacher_label_smoothing": [0.1], "kd_temperature": 2.0, "kd_alpha": 0.5}
+    fake_bleu(tmp_path / "teacher_ls0.1" / "eval" / "bleu-test.json", 20.0, teacher, "a")
+    fake_bleu(tmp_path / "student_T2_seed1" / "eval" / "bleu-test.json", 10.0, student, "b")
+    fake_bleu(tmp_path / "student_T2_seed2" / "eval" / "bleu-test.json", 12.0, student, "c")
+    (tmp_path / "teacher_ls0.1" / "eval" / "stability-test.json").write_text(json.dumps({
+        "one_minus_s": 0.3106, "ece_15_bins": 0.05, "classes": 10, "split": "test",
+        "checkpoint": {"path": "/ckpt/a.pt", "sha256": "a" * 64}, "data": {"fingerprint": "f" * 64},
+        "command": "lskd-eval stability ...", "versions": {}}))
+    table = markdown_table(build_rows(tmp_path)).splitlines()
+    assert table[0] == "| system | method | LS | teacher LS | T | alpha | seeds | BLEU | chrF | TER | 1 - S | ECE |"
+    assert table[2] == "| student_T2 | word-KD | 0.1 | 0.1 | 2 | 0.5 | 2 | 11.00 ± 1.41 | 12.00 ± 1.41 | 13.00 ± 1.41 | - | - |"
+    assert table[3] == "| teacher_ls0.1 | CE | 0.1 | - | - | - | 1 | 20.00 | 21.00 | 22.00 | 0.3106 | 0.0500 |"
+    report = write_report(tmp_path)
+    text = report.read_text()
+    assert "![BLEU vs temperature](plots/bleu_vs_temperature.png)" in text
+    assert (tmp_path / "plots" / "bleu_vs_temperature.png").stat().st_size > 1000
+    assert "sha256 aaaaaaaaaaaa" in text and "bleu-sig" in text
+
+
+def test_report_without_records_is_an_error(tmp_path, capsys):
+    from eval.report import main as report_main
+
+    assert report_main([str(tmp_path)]) == 2
+    assert "no bleu-*.json records" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_stability_and_projection_on_a_real_checkpoint(bible_slice, trained_checkpoint, tmp_path):
+    from eval.analysis import projection_figure, stability_report
+    from fairseq.data.indexed_dataset import MMapIndexedDataset
+
+    record = stability_report(trained_checkpoint, bible_slice, "valid", tmp_path, max_classes=50)
+    targets = MMapIndexedDataset(str(bible_slice / "bin" / "valid.de-en.en"))
+    assert record["positions"] == sum(len(targets[i]) for i in range(len(targets)))
+    assert record["classes"] == 50 and 0 < record["one_minus_s"] < 1
+    assert 0 <= record["ece_15_bins"] <= 1 and record["checkpoint"]["label_smoothing"] == 0.1
+    assert json.loads((tmp_path / "stability-valid.json").read_text())["one_minus_s"] == record["one_minus_s"]
+    png = projection_figure([trained_checkpoint, trained_checkpoint], bible_slice, "valid", ["▁the", "▁and", "▁of"],
+                            tmp_path / "proj.png")
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(CorpusError, match="not in the target dictionary"):
+        projection_figure([trained_checkpoint], bible_slice, "valid", ["▁the", "▁and", "▁zzzunknownzzz"], tmp_path / "x.png")

@@ -1,0 +1,75 @@
+"""Stability (Shen et al. Eq. 2) and calibration, against direct NumPy computations."""
+import numpy as np
+import pytest
+import torch
+
+from lskd.metrics import CalibrationAccumulator, StabilityAccumulator
+
+
+def direct_one_minus_s(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Eq. 2 literally: per class, mean squared distance to the class mean; then mean over classes."""
+    values = []
+    for c in np.unique(labels):
+        members = probs[labels == c]
+        values.append(np.mean(np.sum((members - members.mean(axis=0)) ** 2, axis=1)))
+    return float(np.mean(values))
+
+
+@pytest.fixture
+def data():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(200, 9)) * 2
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    labels = rng.integers(0, 6, size=200)
+    labels[17] = 8  # a class with a single example
+    return probs, labels
+
+
+def test_stability_matches_numpy_including_a_singleton_class(data):
+    probs, labels = data
+    acc = StabilityAccumulator(9)
+    acc.update(torch.tensor(probs), torch.tensor(labels))
+    assert acc.result() == pytest.approx(direct_one_minus_s(probs, labels), rel=1e-10)
+    assert acc.per_class()[8] == pytest.approx(0.0, abs=1e-15)
+    assert set(acc.per_class()) == set(np.unique(labels).tolist())
+
+
+def test_streaming_in_batches_equals_all_at_once(data):
+    probs, labels = data
+    whole, streamed = StabilityAccumulator(9), StabilityAccumulator(9)
+    whole.update(torch.tensor(probs), torch.tensor(labels))
+    for start in range(0, 200, 37):
+        streamed.update(torch.tensor(probs[start:start + 37]), torch.tensor(labels[start:start + 37]))
+    assert streamed.result() == pytest.approx(whole.result(), rel=1e-12)
+
+
+def test_one_hot_teacher_has_zero_variance():
+    labels = torch.tensor([0, 1, 1, 2, 0, 2, 2])
+    acc = StabilityAccumulator(4)
+    acc.update(torch.nn.functional.one_hot(labels, 4).double(), labels)
+    assert acc.result() == 0.0
+
+
+def test_restricting_classes_keeps_only_those(data):
+    probs, labels = data
+    acc = StabilityAccumulator(9, classes=[0, 1])
+    acc.update(torch.tensor(probs), torch.tensor(labels))
+    keep = np.isin(labels, [0, 1])
+    assert acc.result() == pytest.approx(direct_one_minus_s(probs[keep], labels[keep]), rel=1e-10)
+    with pytest.raises(ValueError, match="exceed max_classes=1"):
+        StabilityAccumulator(9, classes=[0, 1], max_classes=1)
+
+
+def test_ece_hand_worked_example():
+    # confidences 0.9 (right), 0.9 (wrong), 0.58 (right), 0.55 (wrong), 15 bins:
+    # bin (13/15, 14/15]: conf 0.9, acc 0.5 -> |0.5 - 0.9| = 0.4, weight 2/4
+    # bin (8/15, 9/15]: confs 0.58, 0.55 (mean 0.565), acc 0.5 -> 0.065, weight 2/4
+    probs = torch.tensor([[0.9, 0.1, 0.0], [0.9, 0.05, 0.05], [0.2, 0.58, 0.22], [0.55, 0.45, 0.0]],
+                         dtype=torch.float64)
+    labels = torch.tensor([0, 1, 1, 1])
+    acc = CalibrationAccumulator(15)
+    acc.update(probs, labels)
+    assert acc.ece() == pytest.approx(0.5 * 0.4 + 0.5 * 0.065, abs=1e-12)
+    assert acc.accuracy() == 0.5
+    entropy = -sum(p * np.log(p) for row in probs.tolist() for p in row if p > 0) / 4
+    assert acc.mean_entropy() == pytest.approx(entropy, rel=1e-12)
