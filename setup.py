@@ -32,6 +32,7 @@ setup(
             "lskd-eval=eval.cli:main",
             "lskd-dump-topk=data_prep.dump_topk:main",
             "lskd-report=eval.report:main",
+            "lskd-distill-corpus=data_prep.distill:main",
         ]
     },
 )

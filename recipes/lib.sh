@@ -65,3 +65,26 @@ wait_all() {
   for pid in $pids; do wait "$pid" || failed=1; done
   [ "$failed" = 0 ] || { echo "== $what failed (see the logs above)" >&2; exit 1; }
 }
+
+# analyse_teacher RUN_DIR DATA_DIR: stability 1 - S, ECE and entropy on the test split
+analyse_teacher() {
+  local dir=$1 data=$2
+  if [ "$dir/eval/stability-test.json" -nt "$dir/checkpoint_last.pt" ]; then
+    echo "   $dir: already analysed, skipping"; return 0
+  fi
+  OMP_NUM_THREADS=$LSKD_THREADS_PER_JOB MKL_NUM_THREADS=$LSKD_THREADS_PER_JOB \
+  lskd-eval stability --checkpoint "$dir/checkpoint_last.pt" --data "$data" --split test --out "$dir/eval" \
+    > "$dir/stability.log" 2>&1 || { echo "   $dir: analysis failed:"; tail -n 20 "$dir/stability.log"; return 1; }
+  echo "   $dir: $(grep -m 1 '^1 - S' "$dir/stability.log")"
+}
+
+# penultimate_picture OUT.png DATA_DIR CHECKPOINT... : Müller-style projection of three target tokens
+penultimate_picture() {
+  local out=$1 data=$2; shift 2
+  local newer=1
+  for ckpt in "$@"; do [ "$out" -nt "$ckpt" ] || newer=0; done
+  if [ "$newer" = 1 ]; then echo "   $out: already drawn, skipping"; return 0; fi
+  lskd-eval project --checkpoints "$@" --data "$data" --split test --tokens ▁God ▁Lord ▁water --out "$out" \
+    > "${out%.png}.log" 2>&1 || { echo "   picture failed:"; tail -n 20 "${out%.png}.log"; return 1; }
+  echo "   $out"
+}

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # LSKD quickstart: the paper's question on the embedded Bible De-En corpus (first version).
 # Prepares the data, trains two small Transformer teachers on CPU - one with label smoothing 0.1,
-# one without - side by side (one core each), and scores both on the Gospel of John with sacrebleu.
+# one without - side by side (one core each), scores both on the Gospel of John with sacrebleu,
+# measures their stability (1 - S) and calibration, draws their penultimate layers, and writes
+# RUN_DIR/report.md.
 # Re-running skips every finished stage.
 #
 # Budget knobs (environment variables):
@@ -12,7 +14,7 @@
 #   LSKD_RUN_DIR=DIR                 where checkpoints, logs and scores go (default runs/quickstart)
 #   LSKD_DATA_DIR=DIR                where the prepared corpus goes (default data/bible-de-en-4k)
 #   LSKD_DEVICE=cpu|gpu              gpu: train and decode on CUDA (default cpu)
-source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh" plots
 source "$LSKD_ROOT/recipes/lib.sh"
 cd "$LSKD_ROOT"
 
@@ -43,5 +45,15 @@ for ls in 0.1 0; do
 done
 wait_all "evaluation"
 
+stage "analyse both teachers on John: stability 1 - S, calibration, penultimate-layer picture"
+for ls in 0.1 0; do
+  analyse_teacher "$RUN/teacher_ls$ls" "$DATA" &
+done
+wait_all "analysis"
+mkdir -p "$RUN/plots"
+penultimate_picture "$RUN/plots/penultimate_God_Lord_water.png" "$DATA" \
+  "$RUN/teacher_ls0.1/checkpoint_last.pt" "$RUN/teacher_ls0/checkpoint_last.pt"
+
 stage "results ($(( ($(date +%s) - started) / 60 )) min this run)"
 lskd-eval table "$RUN"/teacher_ls*/eval/bleu-test.json
+echo "report: $(lskd-report "$RUN")"

@@ -1,0 +1,78 @@
+"""Cost of the stability/ECE pass vs. a plain teacher-forced forward pass over the same split.
+
+Both passes run the same model over the same batches, in interleaved rounds (the machine is
+noisy); the ratio of their median times is printed (target: at most 1.3). The extra memory of the
+accumulators is printed against its documented bound, max_classes x V x 8 bytes.
+
+    python benchmarks/stability_overhead.py [--checkpoint CKPT] [--data PREP_DIR] [--split test]
+Defaults: the quickstart's LS teacher and data (run `bash recipes/quickstart.sh` first).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", type=Path, default=REPO / "runs/quickstart/teacher_ls0.1/checkpoint_last.pt")
+    parser.add_argument("--data", type=Path, default=REPO / "data/bible-de-en-4k")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--max-classes", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    if not args.checkpoint.is_file():
+        sys.exit(f"{args.checkpoint} not found: run `bash recipes/quickstart.sh` or pass --checkpoint/--data")
+
+    from eval.analysis import _task_and_model, most_frequent_gold_classes
+    from fairseq_plugins.teacher import split_batches, teacher_log_probs
+    from lskd.metrics import CalibrationAccumulator, StabilityAccumulator
+
+    _, task, model, _ = _task_and_model(args.checkpoint, args.data)
+    batches = list(split_batches(task, [model], args.split, 4096, torch.device("cpu"), "loading"))
+    pad = task.target_dictionary.pad()
+    vocab = len(task.target_dictionary)
+    classes = most_frequent_gold_classes(task, args.split, args.max_classes)
+
+    def plain() -> None:
+        for sample in batches:
+            teacher_log_probs([model], sample["net_input"])
+
+    def with_metrics() -> list:
+        stability, calibration = StabilityAccumulator(vocab, classes=classes), CalibrationAccumulator(15)
+        for sample in batches:
+            log_probs = teacher_log_probs([model], sample["net_input"])
+            mask = sample["target"].ne(pad)
+            probs, gold = log_probs[mask].exp(), sample["target"][mask]
+            stability.update(probs, gold)
+            calibration.update(probs, gold)
+        return [stability, calibration]
+
+    seconds = {"plain": [], "stability": []}
+    accumulators = with_metrics()  # warm-up
+    for _ in range(args.rounds):
+        for name, fn in (("plain", plain), ("stability", with_metrics)):
+            start = time.perf_counter()
+            fn()
+            seconds[name].append(time.perf_counter() - start)
+    t = {k: statistics.median(v) for k, v in seconds.items()}
+    extra = sum(x.nbytes for acc in accumulators for x in vars(acc).values() if isinstance(x, torch.Tensor))
+    bound = len(classes) * vocab * 8
+    print(f"{args.split}: {sum(len(b['id']) for b in batches)} sentences, {len(classes)} classes, V={vocab}, "
+          f"torch threads {torch.get_num_threads()}")
+    print(f"  plain teacher-forced pass {t['plain']:.2f} s, with stability + ECE {t['stability']:.2f} s (medians of {args.rounds})")
+    print(f"stability pass / plain pass = {t['stability'] / t['plain']:.3f} (target <= 1.3): "
+          f"{'OK' if t['stability'] / t['plain'] <= 1.3 else 'ABOVE TARGET'}")
+    print(f"accumulator memory = {extra / 2**20:.1f} MiB (bound max_classes x V x 8 B = {bound / 2**20:.1f} MiB, "
+          f"plus O(classes + V))")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,353 @@
+"""``lskd-distill-corpus``: sequence-level KD data (Kim & Rush 2016) from a teacher or an ensemble.
+
+The teacher beam-decodes every source sentence of a split of a ``lskd-prepare`` directory; the
+outputs are written as a parallel corpus and binarized with the *original* dictionaries, ready for
+``fairseq-train``. Nothing is lost silently:
+
+* sentences are batched here, by id, so no tail batch can be dropped; outputs are mapped back by
+  id and the merge fails naming any id without exactly one output;
+* a source longer than the teacher accepts is handled by an explicit policy (``copy-reference``
+  or ``drop``), counted in the manifest;
+* work is split into chunks of sentence ids, each written atomically: a killed run resumes from
+  its last finished chunk, and ``--num-shards/--shard-id`` let several processes or machines
+  decode disjoint parts of the same chunk list; the run whose shard completes the set merges.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import sacrebleu
+import torch
+from tqdm import tqdm
+
+from lskd.corpus import CorpusError, read_lines, sha256_file, write_lines
+from lskd.provenance import provenance, write_json
+
+POLICIES = ("copy-reference", "drop")
+
+
+@dataclass(frozen=True)
+class DistillOptions:
+    """Everything that changes the distilled corpus (recorded; a resume must use the same)."""
+
+    split: str = "train"
+    beam: int = 5
+    lenpen: float = 1.0
+    max_len_a: float = 1.2
+    max_len_b: int = 10
+    nbest: int = 1
+    seq_inter: bool = False
+    too_long: str = "copy-reference"
+    chunk_size: int = 1000
+    max_source_tokens: int | None = None
+    teacher_sha256: tuple[str, ...] = ()
+
+
+def chunk_ranges(total: int, chunk_size: int) -> list[tuple[int, int]]:
+    return [(start, min(start + chunk_size, total)) for start in range(0, total, chunk_size)]
+
+
+def shard_chunks(chunks: list[tuple[int, int]], num_shards: int, shard_id: int) -> list[tuple[int, int]]:
+    """Chunks of this shard: every ``num_shards``-th, so shards get equal shares of the corpus."""
+    if not 0 <= shard_id < num_shards:
+        raise CorpusError(f"--shard-id {shard_id} must be in [0, {num_shards})")
+    return chunks[shard_id::num_shards]
+
+
+def chunk_path(out: Path, start: int, end: int) -> Path:
+    return out / "chunks" / f"{start:09d}-{end:09d}.jsonl"
+
+
+class Decoder:
+    """A fairseq task, the teacher(s) and a beam-search generator over one binarized split."""
+
+    def __init__(self, bin_dir: Path, src: str, tgt: str, teacher_path: str, options: DistillOptions, device: str):
+        from fairseq import utils
+        from fairseq.dataclass.configs import GenerationConfig
+
+        from data_prep.dump_topk import translation_task
+        from fairseq_plugins.teacher import load_teachers
+
+        self.task = translation_task(bin_dir, src, tgt)
+        self.models, self.infos = load_teachers(teacher_path, self.task)
+        self.device = torch.device(device)
+        self.models = [m.to(self.device) for m in self.models]
+        self.generator = self.task.build_generator(self.models, GenerationConfig(
+            beam=options.beam, lenpen=options.lenpen, max_len_a=options.max_len_a, max_len_b=options.max_len_b,
+            nbest=options.nbest))
+        self.task.load_dataset(options.split)
+        self.dataset = self.task.dataset(options.split)
+        accepted = utils.resolve_max_positions(self.task.max_positions(), *[m.max_positions() for m in self.models])[0]
+        self.max_source = min(accepted, options.max_source_tokens or accepted)
+        self.options = options
+
+    def too_long(self, sentence_id: int) -> bool:
+        return int(self.dataset.src_sizes[sentence_id]) > self.max_source
+
+    @torch.no_grad()
+    def decode(self, ids: list[int], batch_size: int) -> dict[int, list[tuple[str, float]]]:
+        """{id: [(SentencePiece-piece string, score), ... n-best]} for decodable ids, longest first."""
+        from fairseq import utils
+
+        ids = sorted(ids, key=lambda i: -int(self.dataset.src_sizes[i]))
+        results = {}
+        for start in range(0, len(ids), batch_size):
+            sample = self.dataset.collater([self.dataset[i] for i in ids[start:start + batch_size]])
+            if self.device.type == "cuda":
+                sample = utils.move_to_cuda(sample, self.device)
+            hypos = self.task.inference_step(self.generator, self.models, sample)
+            for sid, nbest in zip(sample["id"].tolist(), hypos):
+                results[sid] = [(self.task.target_dictionary.string(h["tokens"].int().cpu()), float(h["score"]))
+                                for h in nbest[: self.options.nbest]]
+        return results
+
+
+def decode_pieces(spm_model: Path):
+    import sentencepiece as spm
+
+    processor = spm.SentencePieceProcessor(model_file=str(spm_model))
+    return lambda pieces: processor.decode_pieces(pieces.split())
+
+
+def choose(nbest: list[tuple[str, float]], reference: str, detok, seq_inter: bool) -> str:
+    """The kept hypothesis: the best-scoring one, or with Seq-Inter the one closest to the reference."""
+    if not seq_inter or len(nbest) == 1:
+        return nbest[0][0]
+    return max(nbest, key=lambda h: sacrebleu.sentence_bleu(detok(h[0]), [reference]).score)[0]
+
+
+def run_chunks(decoder: Decoder, out: Path, chunks: list[tuple[int, int]], references: list[str], spm_model: Path,
+               batch_size: int, max_chunks: int | None) -> int:
+    """Decode the chunks that have no file yet; returns how many were decoded now."""
+    detok = decode_pieces(spm_model)
+    todo = [c for c in chunks if not chunk_path(out, *c).is_file()]
+    if max_chunks is not None:
+        todo = todo[:max_chunks]
+    done_sentences = sum(e - s for s, e in chunks) - sum(e - s for s, e in todo)
+    progress = tqdm(total=sum(e - s for s, e in chunks), initial=done_sentences, unit="sent", desc="distilling")
+    for start, end in todo:
+        began = time.perf_counter()
+        ids = list(range(start, end))
+        decodable = [i for i in ids if not decoder.too_long(i)]
+        hypotheses = decoder.decode(decodable, batch_size)
+        rows = []
+        for i in ids:
+            if i in hypotheses:
+                rows.append({"id": i, "status": "decoded",
+                             "pieces": choose(hypotheses[i], references[i], detok, decoder.options.seq_inter)})
+            else:
+                rows.append({"id": i, "status": "too-long"})
+        path = chunk_path(out, start, end)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(path.with_suffix(".time.json"), {"seconds": time.perf_counter() - began, "sentences": len(ids)})
+        with open(f"{path}.tmp", "w", encoding="utf-8") as handle:
+            handle.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+        os.replace(f"{path}.tmp", path)
+        progress.update(len(ids))
+    progress.close()
+    return len(todo)
+
+
+def collect(out: Path, total: int, chunk_size: int) -> list[dict]:
+    """All chunk rows in id order; fail naming missing or duplicated ids."""
+    rows = []
+    for start, end in chunk_ranges(total, chunk_size):
+        path = chunk_path(out, start, end)
+        if path.is_file():
+            rows += [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    counts = Counter(row["id"] for row in rows)
+    missing = [i for i in range(total) if i not in counts]
+    duplicated = sorted(i for i, n in counts.items() if n > 1)
+    if missing or duplicated:
+        raise CorpusError(f"distilled corpus incomplete: {len(missing)} of {total} ids have no output "
+                          f"(first: {missing[:20]}), duplicated ids: {duplicated[:20]}")
+    return sorted(rows, key=lambda r: r["id"])
+
+
+def merge(prep_dir: Path, prep: dict, out: Path, options: DistillOptions, union: bool, workers: int,
+          teacher_infos: list[dict]) -> dict[str, Any]:
+    """Assemble the distilled split in id order, binarize it with the original dictionaries, write the manifest."""
+    src, tgt, split = prep["options"]["src"], prep["options"]["tgt"], options.split
+    raw_src, raw_ref = read_lines(prep_dir / "raw" / f"{split}.{src}"), read_lines(prep_dir / "raw" / f"{split}.{tgt}")
+    spm_src, spm_ref = read_lines(prep_dir / "spm" / f"{split}.{src}"), read_lines(prep_dir / "spm" / f"{split}.{tgt}")
+    rows = collect(out, len(raw_src), options.chunk_size)
+    detok = decode_pieces(prep_dir / "spm.model")
+    pairs, counts = [], Counter()
+    for row in rows:
+        i = row["id"]
+        if row["status"] == "decoded":
+            pairs.append((spm_src[i], row["pieces"], raw_src[i], detok(row["pieces"]), raw_ref[i]))
+            counts["decoded"] += 1
+        elif options.too_long == "copy-reference":
+            pairs.append((spm_src[i], spm_ref[i], raw_src[i], raw_ref[i], raw_ref[i]))
+            counts["too_long_copied_reference"] += 1
+        else:
+            counts["too_long_dropped"] += 1
+    distilled_bleu = sacrebleu.corpus_bleu([p[3] for p in pairs], [[p[4] for p in pairs]])
+    if union:
+        pairs += [(spm_src[i], spm_ref[i], raw_src[i], raw_ref[i], raw_ref[i]) for i in range(len(raw_src))]
+    for directory in ("spm", "raw"):
+        (out / directory).mkdir(parents=True, exist_ok=True)
+    write_lines(out / "spm" / f"train.{src}", (p[0] for p in pairs))
+    write_lines(out / "spm" / f"train.{tgt}", (p[1] for p in pairs))
+    write_lines(out / "raw" / f"train.{src}", (p[2] for p in pairs))
+    write_lines(out / "raw" / f"train.{tgt}", (p[3] for p in pairs))
+    _binarize_with_original_dictionaries(prep_dir, prep, out, workers)
+    manifest = {
+        "source": {"prep_json": str((prep_dir / "prep.json").resolve()), "fingerprint": prep["fingerprint"], "split": split},
+        "teachers": teacher_infos,
+        "options": asdict(options) | {"union": union},
+        "counts": {"inputs": len(raw_src), "outputs": len(pairs), **counts},
+        "decode_seconds": round(sum(json.loads(p.read_text())["seconds"] for p in (out / "chunks").glob("*.time.json")), 1),
+        "distilled_vs_reference": {"bleu": round(distilled_bleu.score, 2), "signature": str(sacrebleu.BLEU().get_signature()),
+                                   "text": str(distilled_bleu)},
+        **provenance(),
+    }
+    write_json(out / "distill.json", manifest)
+    return manifest
+
+
+def _binarize_with_original_dictionaries(prep_dir: Path, prep: dict, out: Path, workers: int) -> None:
+    src, tgt = prep["options"]["src"], prep["options"]["tgt"]
+    original_bin = prep_dir / prep["outputs"]["bin_dir"]
+    bin_dir = out / "bin"
+    if bin_dir.exists():
+        shutil.rmtree(bin_dir)
+    command = [sys.executable, "-m", "fairseq_cli.preprocess", "--source-lang", src, "--target-lang", tgt,
+               "--trainpref", str(out / "spm" / "train"), "--validpref", str(prep_dir / "spm" / "valid"),
+               "--testpref", str(prep_dir / "spm" / "test"), "--destdir", str(bin_dir),
+               "--srcdict", str(original_bin / f"dict.{src}.txt"), "--tgtdict", str(original_bin / f"dict.{tgt}.txt"),
+               "--workers", str(workers)]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError("fairseq-preprocess failed:\n" + result.stderr[-3000:])
+    for lang in (src, tgt):
+        if sha256_file(bin_dir / f"dict.{lang}.txt") != sha256_file(original_bin / f"dict.{lang}.txt"):
+            raise RuntimeError(f"dict.{lang}.txt of the distilled data differs from the original dictionary")
+    from fairseq.data.indexed_dataset import MMapIndexedDataset
+
+    expected = len(read_lines(out / "spm" / f"train.{src}"))
+    for lang in (src, tgt):
+        found = len(MMapIndexedDataset(str(bin_dir / f"train.{src}-{tgt}.{lang}")))
+        if found != expected:
+            raise RuntimeError(f"binarized distilled train.{lang} holds {found} sentences, expected {expected}")
+
+
+def _check_options(out: Path, options: DistillOptions, overwrite: bool) -> None:
+    """A resumed run must decode like the run it continues; otherwise refuse (or start over)."""
+    path = out / "options.json"
+    wanted = asdict(options)
+    if path.is_file():
+        existing = json.loads(path.read_text(encoding="utf-8"))
+        if existing == json.loads(json.dumps(wanted)):
+            return
+        if not overwrite:
+            raise CorpusError(f"{out} holds a distillation with other options or teacher ({path}); "
+                              f"use another --out or pass --overwrite")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(path, wanted)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lskd-distill-corpus", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, type=Path, help="directory made by lskd-prepare")
+    parser.add_argument("--teacher-path", required=True, help="teacher checkpoint, or several separated by ':'")
+    parser.add_argument("--out", required=True, type=Path, help="output directory (bin/ is ready for fairseq-train)")
+    parser.add_argument("--split", default="train")
+    parser.add_argument("--beam", type=int, default=5)
+    parser.add_argument("--lenpen", type=float, default=1.0)
+    parser.add_argument("--max-len-a", type=float, default=1.2)
+    parser.add_argument("--max-len-b", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=64, help="sentences per decoding batch")
+    parser.add_argument("--nbest", type=int, default=1, help="hypotheses kept from the beam (<= beam)")
+    parser.add_argument("--seq-inter", action="store_true",
+                        help="keep, of the n-best, the hypothesis with the highest sentence BLEU against the reference")
+    parser.add_argument("--union", action="store_true", help="also keep the original pairs")
+    parser.add_argument("--too-long", choices=POLICIES, default="copy-reference",
+                        help="sentences longer than the teacher accepts: copy the reference, or drop (counted either way)")
+    parser.add_argument("--max-source-tokens", type=int,
+                        help="treat longer sources (in tokens, with end of sentence) as too long (default: what the teacher accepts)")
+    parser.add_argument("--chunk-size", type=int, default=1000, help="sentences per resumable chunk")
+    parser.add_argument("--num-shards", type=int, default=1)
+    parser.add_argument("--shard-id", type=int, default=0)
+    parser.add_argument("--max-chunks", type=int, help="stop after decoding this many chunks (resume later)")
+    parser.add_argument("--workers", type=int, default=2, help="fairseq-preprocess workers")
+    parser.add_argument("--overwrite", action="store_true", help="discard a distillation made with other options")
+    parser.add_argument("--gpu", action="store_true")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except CorpusError as err:
+        print(f"lskd-distill-corpus: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    from fairseq_plugins.teacher import split_teacher_paths
+
+    prep_path = args.data / "prep.json"
+    if not prep_path.is_file():
+        raise CorpusError(f"{args.data} has no prep.json: prepare it with lskd-prepare first")
+    if not 1 <= args.nbest <= args.beam:
+        raise CorpusError(f"--nbest {args.nbest} must be between 1 and --beam {args.beam}")
+    if args.seq_inter and args.nbest < 2:
+        raise CorpusError("--seq-inter chooses among the n-best: give --nbest 2 or more")
+    prep = json.loads(prep_path.read_text(encoding="utf-8"))
+    teacher_sha = tuple(sha256_file(p) if os.path.isfile(p) else "missing" for p in split_teacher_paths(args.teacher_path))
+    options = DistillOptions(split=args.split, beam=args.beam, lenpen=args.lenpen, max_len_a=args.max_len_a,
+                             max_len_b=args.max_len_b, nbest=args.nbest, seq_inter=args.seq_inter,
+                             too_long=args.too_long, chunk_size=args.chunk_size,
+                             max_source_tokens=args.max_source_tokens, teacher_sha256=teacher_sha)
+    _check_options(args.out, options, args.overwrite)
+    total = prep["outputs"]["binarized_sentences"][args.split]
+    chunks = chunk_ranges(total, args.chunk_size)
+    mine = shard_chunks(chunks, args.num_shards, args.shard_id)
+    decoder = None
+    if any(not chunk_path(args.out, *c).is_file() for c in mine):
+        decoder = Decoder(args.data / prep["outputs"]["bin_dir"], prep["options"]["src"], prep["options"]["tgt"],
+                          args.teacher_path, options, "cuda" if args.gpu else "cpu")
+        references = read_lines(args.data / "raw" / f"{args.split}.{prep['options']['tgt']}")
+        run_chunks(decoder, args.out, mine, references, args.data / "spm.model", args.batch_size, args.max_chunks)
+    left = [c for c in chunks if not chunk_path(args.out, *c).is_file()]
+    if left:
+        print(f"[lskd-distill-corpus] {len(chunks) - len(left)} of {len(chunks)} chunks done; run again (or the other "
+              f"shards) to finish; the last to finish merges", flush=True)
+        return 0
+    lock = args.out / "merge.lock"
+    try:
+        os.close(os.open(lock, os.O_CREAT | os.O_EXCL))
+    except FileExistsError:
+        print(f"[lskd-distill-corpus] {lock} exists: another process is merging (delete it if none is)", flush=True)
+        return 0
+    try:
+        infos = [asdict(i) for i in decoder.infos] if decoder else [{"path": p, "sha256": s} for p, s in
+                                                                   zip(split_teacher_paths(args.teacher_path), teacher_sha)]
+        manifest = merge(args.data, prep, args.out, options, args.union, args.workers, infos)
+    finally:
+        lock.unlink(missing_ok=True)
+    c = manifest["counts"]
+    print(f"[lskd-distill-corpus] {c['inputs']} sentences in, {c['outputs']} pairs out "
+          f"({c.get('decoded', 0)} decoded, {c.get('too_long_copied_reference', 0)} too long copied, "
+          f"{c.get('too_long_dropped', 0)} dropped); distilled vs reference "
+          f"BLEU {manifest['distilled_vs_reference']['bleu']}; data in {args.out / 'bin'}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""lskd-distill-corpus: one output per input in order, resume, shards, dictionaries, policies."""
+import json
+
+import pytest
+
+from conftest import run_module, train_tiny
+from data_prep.distill import chunk_ranges, main as distill_main, shard_chunks
+
+pytestmark = pytest.mark.slow
+FAST = ["--beam", "2", "--max-len-a", "0", "--max-len-b", "5", "--chunk-size", "300", "--batch-size", "128",
+        "--workers", "1"]
+
+
+@pytest.fixture(scope="module")
+def slice_1001(tmp_path_factory):
+    root = tmp_path_factory.mktemp("distill")
+    data = root / "data"
+    run_module("data_prep.cli", "bible", "--out", str(data), "--limit-train", "1001", "--vocab-size", "600")
+    train_tiny(data / "bin", root / "teacher", "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1")
+    return data, root / "teacher" / "checkpoint_last.pt"
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(slice_1001, tmp_path_factory):
+    data, teacher = slice_1001
+    out = tmp_path_factory.mktemp("full") / "out"
+    assert distill_main(["--data", str(data), "--teacher-path", str(teacher), "--out", str(out), *FAST]) == 0
+    return out
+
+
+def files(out):
+    return {name: (out / name).read_bytes() for name in ("spm/train.en", "spm/train.de", "raw/train.en",
+                                                          "bin/train.de-en.en.bin", "bin/train.de-en.en.idx")}
+
+
+def test_one_line_per_input_in_input_order(slice_1001, uninterrupted):
+    data, _ = slice_1001
+    manifest = json.loads((uninterrupted / "distill.json").read_text())
+    assert manifest["counts"] == {"inputs": 1001, "outputs": 1001, "decoded": 1001}
+    assert len((uninterrupted / "raw" / "train.en").read_text(encoding="utf-8").splitlines()) == 1001
+    # the source side is the original source, line by line
+    assert (uninterrupted / "raw" / "train.de").read_bytes() == (data / "raw" / "train.de").read_bytes()
+    assert manifest["teachers"][0]["label_smoothing"] == 0.1
+    assert "distilled_vs_reference" in manifest and manifest["distilled_vs_reference"]["signature"].startswith("nrefs:1")
+
+
+def test_binarized_data_uses_the_original_dictionaries(slice_1001, uninterrupted):
+    data, _ = slice_1001
+    for lang in ("de", "en"):
+        assert (uninterrupted / "bin" / f"dict.{lang}.txt").read_bytes() == (data / "bin" / f"dict.{lang}.txt").read_bytes()
+    assert (uninterrupted / "bin" / "valid.de-en.en.bin").read_bytes() == (data / "bin" / "valid.de-en.en.bin").read_bytes()
+
+
+def test_killed_run_resumes_to_the_same_output(slice_1001, uninterrupted, tmp_path):
+    data, teacher = slice_1001
+    out = tmp_path / "out"
+    args = ["--data", str(data), "--teacher-path", str(teacher), "--out", str(out), *FAST]
+    assert distill_main(args + ["--max-chunks", "1"]) == 0
+    assert len(list((out / "chunks").glob("*.jsonl"))) == 1 and not (out / "bin").exists()
+    assert distill_main(args) == 0
+    assert files(out) == files(uninterrupted)
+
+
+def test_two_shards_merged_equal_one_run(slice_1001, uninterrupted, tmp_path):
+    data, teacher = slice_1001
+    out = tmp_path / "out"
+    args = ["--data", str(data), "--teacher-path", str(teacher), "--out", str(out), *FAST, "--num-shards", "2"]
+    assert distill_main(args + ["--shard-id", "0"]) == 0
+    assert not (out / "bin").exists()  # shard 1's chunks are still missing
+    assert distill_main(args + ["--shard-id", "1"]) == 0
+    assert files(out) == files(uninterrupted)
+
+
+def test_too_long_sources_follow_the_policy_and_are_counted(slice_1001, tmp_path):
+    data, teacher = slice_1001
+    lengths = [len(line.split()) + 1 for line in (data / "spm" / "train.de").read_text(encoding="utf-8").splitlines()]
+    limit = sorted(lengths)[900]  # about 100 sentences are longer
+    too_long = sum(n > limit for n in lengths)
+    for policy, outputs in (("copy-reference", 1001), ("drop", 1001 - too_long)):
+        out = tmp_path / policy
+        assert distill_main(["--data", str(data), "--teacher-path", str(teacher), "--out", str(out), *FAST,
+                             "--max-source-tokens", str(limit), "--too-long", policy]) == 0
+        counts = json.loads((out / "distill.json").read_text())["counts"]
+        assert counts["outputs"] == outputs and counts["decoded"] == 1001 - too_long
+        assert len((out / "raw" / "train.en").read_text(encoding="utf-8").splitlines()) == outputs
+    copied = (tmp_path / "copy-reference" / "raw" / "train.en").read_text(encoding="utf-8").splitlines()
+    reference = (data / "raw" / "train.en").read_text(encoding="utf-8").splitlines()
+    first_long = next(i for i, n in enumerate(lengths) if n > limit)
+    assert copied[first_long] == reference[first_long]
+
+
+def test_seq_inter_and_union(slice_1001, tmp_path):
+    data, teacher = slice_1001
+    out = tmp_path / "inter"
+    assert distill_main(["--data", str(data), "--teacher-path", str(teacher), "--out", str(out), *FAST,
+                         "--nbest", "2", "--seq-inter", "--union"]) == 0
+    manifest = json.loads((out / "distill.json").read_text())
+    assert manifest["counts"]["outputs"] == 2002 and manifest["options"]["seq_inter"]
+    assert distill_main(["--data", str(data), "--teacher-path", str(teacher), "--out", str(out), *FAST]) == 2
+
+
+def test_chunks_and_shards_cover_every_id_once():
+    chunks = chunk_ranges(1001, 300)
+    assert chunks == [(0, 300), (300, 600), (600, 900), (900, 1001)]
+    shards = shard_chunks(chunks, 3, 0) + shard_chunks(chunks, 3, 1) + shard_chunks(chunks, 3, 2)
+    assert sorted(shards) == chunks
