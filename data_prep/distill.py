@@ -193,7 +193,8 @@ def merge(prep_dir: Path, prep: dict, out: Path, options: DistillOptions, union:
             counts["too_long_copied_reference"] += 1
         else:
             counts["too_long_dropped"] += 1
-    distilled_bleu = sacrebleu.corpus_bleu([p[3] for p in pairs], [[p[4] for p in pairs]])
+    bleu = sacrebleu.BLEU()
+    distilled_bleu = bleu.corpus_score([p[3] for p in pairs], [[p[4] for p in pairs]])
     if union:
         pairs += [(spm_src[i], spm_ref[i], raw_src[i], raw_ref[i], raw_ref[i]) for i in range(len(raw_src))]
     for directory in ("spm", "raw"):
@@ -209,7 +210,7 @@ def merge(prep_dir: Path, prep: dict, out: Path, options: DistillOptions, union:
         "options": asdict(options) | {"union": union},
         "counts": {"inputs": len(raw_src), "outputs": len(pairs), **counts},
         "decode_seconds": round(sum(json.loads(p.read_text())["seconds"] for p in (out / "chunks").glob("*.time.json")), 1),
-        "distilled_vs_reference": {"bleu": round(distilled_bleu.score, 2), "signature": str(sacrebleu.BLEU().get_signature()),
+        "distilled_vs_reference": {"bleu": round(distilled_bleu.score, 2), "signature": str(bleu.get_signature()),
                                    "text": str(distilled_bleu)},
         **provenance(),
     }
