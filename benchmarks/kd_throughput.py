@@ -13,16 +13,20 @@ a few updates: throughput does not depend on how well it is trained) and dumps i
 from __future__ import annotations
 
 import argparse
+import logging
 import json
 import statistics
 import subprocess
 import sys
+import warnings
 import time
 from pathlib import Path
 
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
+logging.disable(logging.WARNING)  # fairseq/hydra chatter would bury the ratios
+warnings.filterwarnings("ignore")
 TEACHER_ARCH = ["--arch", "transformer", "--encoder-layers", "3", "--decoder-layers", "3",
                 "--encoder-embed-dim", "256", "--decoder-embed-dim", "256",
                 "--encoder-ffn-embed-dim", "1024", "--decoder-ffn-embed-dim", "1024",

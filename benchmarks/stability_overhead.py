@@ -10,14 +10,18 @@ Defaults: the quickstart's LS teacher and data (run `bash recipes/quickstart.sh`
 from __future__ import annotations
 
 import argparse
+import logging
 import statistics
 import sys
+import warnings
 import time
 from pathlib import Path
 
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
+logging.disable(logging.WARNING)  # fairseq/hydra chatter would bury the ratios
+warnings.filterwarnings("ignore")
 
 
 def main() -> None:
@@ -50,9 +54,10 @@ def main() -> None:
         for sample in batches:
             log_probs = teacher_log_probs([model], sample["net_input"])
             mask = sample["target"].ne(pad)
-            probs, gold = log_probs[mask].exp(), sample["target"][mask]
+            kept, gold = log_probs[mask], sample["target"][mask]
+            probs = kept.exp()
             stability.update(probs, gold)
-            calibration.update(probs, gold)
+            calibration.update(probs, gold, kept)
         return [stability, calibration]
 
     seconds = {"plain": [], "stability": []}

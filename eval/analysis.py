@@ -59,9 +59,10 @@ def stability_report(checkpoint: Path, data_dir: Path, split: str, out_dir: Path
     for sample in split_batches(task, [model], split, max_tokens, torch.device(device), f"stability {split}"):
         log_probs = teacher_log_probs([model], sample["net_input"])
         mask = sample["target"].ne(dictionary.pad())
-        probs, gold = log_probs[mask].exp(), sample["target"][mask]
+        kept, gold = log_probs[mask], sample["target"][mask]
+        probs = kept.exp()
         stability.update(probs, gold)
-        calibration.update(probs, gold)
+        calibration.update(probs, gold, kept)
     per_class = stability.per_class()
     record = {
         "split": split,

@@ -30,7 +30,7 @@ class KDLoss(NamedTuple):
     kd_loss: torch.Tensor
 
 
-def _float(x: torch.Tensor) -> torch.Tensor:
+def upcast(x: torch.Tensor) -> torch.Tensor:
     """Up-cast half precision to float32 (float64 stays, for gradcheck)."""
     return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
@@ -60,7 +60,7 @@ def label_smoothed_nll_loss(
 
 def tempered_log_probs(scores: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """``log softmax(scores / T)`` over the last dimension, in at least float32."""
-    return F.log_softmax(_float(scores) / temperature, dim=-1)
+    return F.log_softmax(upcast(scores) / temperature, dim=-1)
 
 
 def ensemble_log_probs(member_scores: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -82,20 +82,26 @@ def kl_divergence(
     student_lprobs: torch.Tensor,
     temperature: float = 1.0,
     teacher_indices: torch.Tensor | None = None,
+    teacher_normalized: bool = False,
 ) -> torch.Tensor:
     """Per-position ``KL(p_t^T || p_s^T)``; with ``teacher_indices`` the teacher lives on those k classes.
 
     ``student_lprobs`` are the student's full-vocabulary log-probabilities at T = 1; tempering
-    them is ``log_softmax(lprobs / T)`` (log-softmax is shift invariant).
+    them is ``log_softmax(lprobs / T)`` (log-softmax is shift invariant), skipped at T = 1.
+    ``teacher_normalized`` says the scores already are log-probabilities over their classes, so at
+    T = 1 they are used as they are: the KD term then costs a few passes over (N, V), no softmax.
     """
-    teacher_lp = tempered_log_probs(teacher_scores, temperature)
-    student_lp = tempered_log_probs(student_lprobs, temperature)
+    if temperature == 1 and teacher_normalized:
+        teacher_lp = upcast(teacher_scores)
+    else:
+        teacher_lp = tempered_log_probs(teacher_scores, temperature)
+    student_lp = student_lprobs if temperature == 1 else tempered_log_probs(student_lprobs, temperature)
     if teacher_indices is not None:
         student_lp = student_lp.gather(-1, teacher_indices)
-    teacher_p = teacher_lp.exp()
-    # p * (log p - log q) with 0 * log 0 = 0: a teacher probability of exactly 0 adds nothing.
-    terms = torch.where(teacher_p > 0, teacher_p * (teacher_lp - student_lp), torch.zeros_like(teacher_p))
-    return terms.sum(dim=-1)
+    # A zero teacher probability (log p = -inf) must add 0, not 0 * inf = NaN: clamping log p to the
+    # smallest finite value keeps exp(log p) = 0 and every product finite, in one pass.
+    teacher_lp = teacher_lp.clamp_min(torch.finfo(teacher_lp.dtype).min)
+    return (teacher_lp.exp() * (teacher_lp - student_lp)).sum(dim=-1)
 
 
 def word_kd_loss(
@@ -108,21 +114,23 @@ def word_kd_loss(
     epsilon: float,
     ignore_index: int | None = None,
     teacher_indices: torch.Tensor | None = None,
+    teacher_normalized: bool = False,
 ) -> KDLoss:
     """``(1 - alpha) * LS-CE(student, gold; eps) + alpha * T^2 * KL(p_t^T || p_s^T)``, sum-reduced.
 
     ``student_lprobs``: (..., V) log-probabilities; ``target``: (...) gold indices;
-    ``teacher_scores``: (..., V), or (..., k) with ``teacher_indices``. With ``alpha = 0`` the
+    ``teacher_scores``: (..., V), or (..., k) with ``teacher_indices``; ``teacher_normalized``: they
+    are log-probabilities over those classes (saves a softmax at T = 1). With ``alpha = 0`` the
     teacher is not needed (may be ``None``) and the result is exactly fairseq's LS loss.
     """
     validate_kd_args(alpha, temperature)
-    student_lprobs = _float(student_lprobs)
+    student_lprobs = upcast(student_lprobs)
     ls_loss, nll_loss = label_smoothed_nll_loss(student_lprobs, target, epsilon, ignore_index)
     if alpha == 0:
         return KDLoss(ls_loss, nll_loss, torch.zeros_like(ls_loss))
     if teacher_scores is None:
         raise ValueError("alpha > 0 needs teacher scores")
-    kl = kl_divergence(teacher_scores, student_lprobs, temperature, teacher_indices)
+    kl = kl_divergence(teacher_scores, student_lprobs, temperature, teacher_indices, teacher_normalized)
     if ignore_index is not None:
         kl = kl.masked_fill(target.eq(ignore_index), 0.0)
     kd_loss = kl.sum()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from lskd.losses import tempered_log_probs
+from lskd.losses import upcast, tempered_log_probs
 
 
 @torch.no_grad()
@@ -21,13 +21,15 @@ def teacher_statistics(
 ) -> dict[str, torch.Tensor]:
     """Sums over positions where ``mask`` is true (flattened inputs: (N, V) or (N, k), (N,)).
 
-    ``teacher_scores`` are log-probabilities (or logits) at T = 1. With ``teacher_indices`` (top-k),
-    the entropy is that of the renormalised top-k distribution, and the gold token's NLL is summed
-    only where the gold token is among the k (``teacher_gold_in_topk`` counts those positions).
+    ``teacher_scores`` are log-probabilities at T = 1 (over V, or the teacher's own top-k values).
+    With ``teacher_indices`` (top-k), the entropy is that of the renormalised top-k distribution,
+    and the gold token's NLL is summed only where the gold token is among the k
+    (``teacher_gold_in_topk`` counts those positions).
     """
     mask = mask.bool()
-    renormalised = tempered_log_probs(teacher_scores)
-    entropy = -(renormalised.exp() * renormalised).nan_to_num(0.0).sum(-1)
+    renormalised = upcast(teacher_scores) if teacher_indices is None else tempered_log_probs(teacher_scores)
+    renormalised = renormalised.clamp_min(torch.finfo(renormalised.dtype).min)  # 0 * log 0 = 0, not NaN
+    entropy = -(renormalised.exp() * renormalised).sum(-1)
     student_top1 = student_lprobs.argmax(-1)
     if teacher_indices is None:
         teacher_top1 = teacher_scores.argmax(-1)
@@ -73,14 +75,16 @@ class StabilityAccumulator:
 
     @torch.no_grad()
     def update(self, probs: torch.Tensor, labels: torch.Tensor) -> None:
-        """``probs``: (N, V) probabilities; ``labels``: (N,) gold classes."""
-        probs, labels = probs.detach().to("cpu", torch.float64), labels.detach().cpu().long()
-        slots = self.slot[labels]
+        """``probs``: (N, V) probabilities; ``labels``: (N,) gold classes.
+
+        Row-wise work stays in the input precision; only the class sums are float64.
+        """
+        slots = self.slot[labels.detach().cpu().long()]
         keep = slots >= 0
-        probs, slots = probs[keep], slots[keep]
+        probs, slots = probs.detach().cpu()[keep], slots[keep]
         self.count.index_add_(0, slots, torch.ones_like(slots, dtype=torch.float64))
-        self.sum.index_add_(0, slots, probs)
-        self.sum_sq_norm.index_add_(0, slots, (probs * probs).sum(-1))
+        self.sum.index_add_(0, slots, probs.double())
+        self.sum_sq_norm.index_add_(0, slots, (probs * probs).sum(-1).double())
 
     def per_class(self) -> dict[int, float]:
         """Intra-class variance ``(1/n_c) sum ||p_i - mean_c||^2`` of every class seen."""
@@ -107,15 +111,21 @@ class CalibrationAccumulator:
         self.entropy = 0.0
 
     @torch.no_grad()
-    def update(self, probs: torch.Tensor, labels: torch.Tensor) -> None:
-        probs, labels = probs.detach().to("cpu", torch.float64), labels.detach().cpu().long()
+    def update(self, probs: torch.Tensor, labels: torch.Tensor, log_probs: torch.Tensor | None = None) -> None:
+        """``probs``: (N, V); ``log_probs``, when the caller has them, save recomputing the logarithm."""
+        probs, labels = probs.detach().cpu(), labels.detach().cpu().long()
         confidence, prediction = probs.max(-1)
+        confidence = confidence.double()
         # bin b holds confidences in (b/B, (b+1)/B]; a confidence of exactly 0 cannot occur
         index = (confidence * self.bins).ceil().long().clamp(1, self.bins) - 1
         self.count.index_add_(0, index, torch.ones_like(confidence))
         self.confidence.index_add_(0, index, confidence)
         self.correct.index_add_(0, index, prediction.eq(labels).double())
-        self.entropy += float(-(torch.special.xlogy(probs, probs)).sum())
+        if log_probs is None:
+            self.entropy += float(-torch.special.xlogy(probs, probs).double().sum())
+        else:
+            log_probs = log_probs.detach().cpu()
+            self.entropy += float(-(probs * log_probs.clamp_min(torch.finfo(log_probs.dtype).min)).sum(-1).double().sum())
 
     @property
     def total(self) -> float:

@@ -174,3 +174,12 @@ def test_bad_knobs_are_refused(batch, alpha, t, message):
     student, teacher, target = batch
     with pytest.raises(ValueError, match=message):
         lossof(student, teacher, target, alpha=alpha, temperature=t, epsilon=0.1)
+
+
+@pytest.mark.parametrize("t", [1.0, 2.0])
+def test_normalized_teacher_shortcut_gives_the_same_loss(batch, t):
+    student, teacher, target = batch
+    teacher_lp = torch.log_softmax(teacher, -1)
+    plain = lossof(student, teacher, target, alpha=0.5, temperature=t, epsilon=0.1)
+    shortcut = lossof(student, teacher_lp, target, alpha=0.5, temperature=t, epsilon=0.1, teacher_normalized=True)
+    assert shortcut.loss.item() == pytest.approx(plain.loss.item(), rel=1e-12)

@@ -73,3 +73,17 @@ def test_ece_hand_worked_example():
     assert acc.accuracy() == 0.5
     entropy = -sum(p * np.log(p) for row in probs.tolist() for p in row if p > 0) / 4
     assert acc.mean_entropy() == pytest.approx(entropy, rel=1e-12)
+
+
+def test_given_log_probs_give_the_same_entropy_and_float32_inputs_agree(data):
+    probs, labels = data
+    p64, p32 = torch.tensor(probs), torch.tensor(probs, dtype=torch.float32)
+    a, b = CalibrationAccumulator(), CalibrationAccumulator()
+    a.update(p64, torch.tensor(labels))
+    b.update(p32, torch.tensor(labels), p32.log())
+    assert b.mean_entropy() == pytest.approx(a.mean_entropy(), rel=1e-6)
+    assert b.ece() == pytest.approx(a.ece(), abs=1e-6)
+    s64, s32 = StabilityAccumulator(9), StabilityAccumulator(9)
+    s64.update(p64, torch.tensor(labels))
+    s32.update(p32, torch.tensor(labels))
+    assert s32.result() == pytest.approx(s64.result(), rel=1e-5)

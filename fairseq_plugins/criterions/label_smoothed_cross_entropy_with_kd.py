@@ -160,7 +160,7 @@ class LabelSmoothedCrossEntropyWithKDCriterion(LabelSmoothedCrossEntropyCriterio
         alpha = self.alpha if scores is not None else 0.0
         loss, nll_loss, kd_loss = word_kd_loss(
             lprobs, target, scores, alpha=alpha, temperature=self.temperature, epsilon=self.eps,
-            ignore_index=self.padding_idx, teacher_indices=indices,
+            ignore_index=self.padding_idx, teacher_indices=indices, teacher_normalized=indices is None,
         )
         sample_size = sample["target"].size(0) if self.sentence_avg else sample["ntokens"]
         logging_output = {
