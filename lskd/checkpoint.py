@@ -54,7 +54,7 @@ def explain_unpickling_error(path: str, err: pickle.UnpicklingError) -> Exceptio
     return UnsafeCheckpointError(
         f"refused to load {path}: it holds objects that are not plain tensors or known fairseq "
         f"state, so it may run code when unpickled. Nothing from it was executed. "
-        f"Only load it with weights_only=False if you trust its origin. Details: {err}"
+        f"Only load it with an unrestricted loader if you trust its origin. Details: {err}"
     )
 
 
