@@ -25,9 +25,12 @@ import torch.nn.functional as F
 
 
 class KDLoss(NamedTuple):
+    """Sums over non-padding positions, like fairseq's losses."""
+
     loss: torch.Tensor
     nll_loss: torch.Tensor
     kd_loss: torch.Tensor
+    teacher_entropy: torch.Tensor  # of p_t^T, in nats; a by-product of the KD term, 0 when alpha = 0
 
 
 def upcast(x: torch.Tensor) -> torch.Tensor:
@@ -84,8 +87,20 @@ def kl_divergence(
     teacher_indices: torch.Tensor | None = None,
     teacher_normalized: bool = False,
 ) -> torch.Tensor:
-    """Per-position ``KL(p_t^T || p_s^T)``; with ``teacher_indices`` the teacher lives on those k classes.
+    """Per-position ``KL(p_t^T || p_s^T)``; see :func:`kd_terms`."""
+    return kd_terms(teacher_scores, student_lprobs, temperature, teacher_indices, teacher_normalized)[0]
 
+
+def kd_terms(
+    teacher_scores: torch.Tensor,
+    student_lprobs: torch.Tensor,
+    temperature: float = 1.0,
+    teacher_indices: torch.Tensor | None = None,
+    teacher_normalized: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-position ``KL(p_t^T || p_s^T)`` and the teacher's entropy ``H(p_t^T)``, from one ``exp``.
+
+    With ``teacher_indices`` the teacher lives on those k classes.
     ``student_lprobs`` are the student's full-vocabulary log-probabilities at T = 1; tempering
     them is ``log_softmax(lprobs / T)`` (log-softmax is shift invariant), skipped at T = 1.
     ``teacher_normalized`` says the scores already are log-probabilities over their classes, so at
@@ -95,13 +110,26 @@ def kl_divergence(
         teacher_lp = upcast(teacher_scores)
     else:
         teacher_lp = tempered_log_probs(teacher_scores, temperature)
-    student_lp = student_lprobs if temperature == 1 else tempered_log_probs(student_lprobs, temperature)
+    student_lp = upcast(student_lprobs) if temperature == 1 else tempered_log_probs(student_lprobs, temperature)
     if teacher_indices is not None:
         student_lp = student_lp.gather(-1, teacher_indices)
-    # A zero teacher probability (log p = -inf) must add 0, not 0 * inf = NaN: clamping log p to the
-    # smallest finite value keeps exp(log p) = 0 and every product finite, in one pass.
-    teacher_lp = teacher_lp.clamp_min(torch.finfo(teacher_lp.dtype).min)
-    return (teacher_lp.exp() * (teacher_lp - student_lp)).sum(dim=-1)
+    teacher_p = teacher_lp.exp()
+    neg_entropy = expected_log_prob(teacher_p, teacher_lp)
+    return neg_entropy - expected_log_prob(teacher_p, student_lp), -neg_entropy
+
+
+def expected_log_prob(p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """``sum_v p_v * log q_v`` over the last dimension, with ``0 * log 0 = 0``.
+
+    A fused dot product (``vecdot``): no (N, V) temporary, which on CPU can cost more than the
+    arithmetic (fresh pages for every large tensor). A zero probability facing ``log q = -inf``
+    (a teacher probability that underflowed) would give NaN; then, rarely, the product is
+    recomputed with ``log q`` clamped to the smallest finite value.
+    """
+    value = torch.linalg.vecdot(p, log_q)
+    if torch.isnan(value).any():
+        value = torch.linalg.vecdot(p, log_q.clamp_min(torch.finfo(log_q.dtype).min))
+    return value
 
 
 def word_kd_loss(
@@ -127,14 +155,52 @@ def word_kd_loss(
     student_lprobs = upcast(student_lprobs)
     ls_loss, nll_loss = label_smoothed_nll_loss(student_lprobs, target, epsilon, ignore_index)
     if alpha == 0:
-        return KDLoss(ls_loss, nll_loss, torch.zeros_like(ls_loss))
+        return KDLoss(ls_loss, nll_loss, torch.zeros_like(ls_loss), torch.zeros_like(ls_loss))
     if teacher_scores is None:
         raise ValueError("alpha > 0 needs teacher scores")
-    kl = kl_divergence(teacher_scores, student_lprobs, temperature, teacher_indices, teacher_normalized)
+    if temperature == 1 and teacher_indices is None and not teacher_scores.requires_grad:
+        return _one_soft_target_loss(student_lprobs, target, teacher_scores, alpha, epsilon, ignore_index,
+                                     teacher_normalized, nll_loss)
+    kl, entropy = kd_terms(teacher_scores, student_lprobs, temperature, teacher_indices, teacher_normalized)
     if ignore_index is not None:
-        kl = kl.masked_fill(target.eq(ignore_index), 0.0)
+        padding = target.eq(ignore_index)
+        kl, entropy = kl.masked_fill(padding, 0.0), entropy.masked_fill(padding, 0.0)
     kd_loss = kl.sum()
-    return KDLoss((1.0 - alpha) * ls_loss + alpha * temperature**2 * kd_loss, nll_loss, kd_loss)
+    return KDLoss((1.0 - alpha) * ls_loss + alpha * temperature**2 * kd_loss, nll_loss, kd_loss, entropy.sum().detach())
+
+
+def _one_soft_target_loss(
+    student_lp: torch.Tensor,
+    target: torch.Tensor,
+    teacher_scores: torch.Tensor,
+    alpha: float,
+    epsilon: float,
+    ignore_index: int | None,
+    teacher_normalized: bool,
+    nll_loss: torch.Tensor,
+) -> KDLoss:
+    """:func:`word_kd_loss` at T = 1 with a full, constant teacher distribution, as one cross-entropy.
+
+    Both terms are ``-sum_v q_v log p_s,v`` plus a constant, so the loss is that of a single soft
+    target ``q = (1 - alpha) * q_ls + alpha * p_t`` (``q_ls``: the label-smoothed one-hot), plus
+    ``alpha * sum_v p_t log p_t``. The student's gradient is then one (N, V) product instead of
+    three summed ones: this is the NMT word-KD hot path, where V is large.
+    """
+    teacher_lp = upcast(teacher_scores) if teacher_normalized else tempered_log_probs(teacher_scores)
+    soft_target = teacher_lp.exp()
+    neg_entropy = expected_log_prob(soft_target, teacher_lp)
+    with torch.no_grad():
+        kl = neg_entropy - torch.linalg.vecdot(soft_target, student_lp)
+    eps_i = epsilon / (student_lp.size(-1) - 1)
+    soft_target.mul_(alpha).add_((1.0 - alpha) * eps_i)
+    soft_target.scatter_add_(-1, target.unsqueeze(-1), soft_target.new_full((*target.shape, 1), (1.0 - alpha) * (1.0 - epsilon - eps_i)))
+    cross_entropy = -torch.linalg.vecdot(soft_target, student_lp)
+    if ignore_index is not None:
+        padding = target.eq(ignore_index)
+        kl, neg_entropy = kl.masked_fill(padding, 0.0), neg_entropy.masked_fill(padding, 0.0)
+        cross_entropy = cross_entropy.masked_fill(padding, 0.0)
+    loss = alpha * neg_entropy.sum() + cross_entropy.sum()
+    return KDLoss(loss, nll_loss, kl.sum(), -neg_entropy.sum())
 
 
 def validate_kd_args(alpha: float, temperature: float) -> None:

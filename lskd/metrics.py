@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from lskd.losses import upcast, tempered_log_probs
+from lskd.losses import expected_log_prob, tempered_log_probs, upcast
 
 
 @torch.no_grad()
@@ -18,18 +18,21 @@ def teacher_statistics(
     target: torch.Tensor,
     mask: torch.Tensor,
     teacher_indices: torch.Tensor | None = None,
+    teacher_entropy: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Sums over positions where ``mask`` is true (flattened inputs: (N, V) or (N, k), (N,)).
 
     ``teacher_scores`` are log-probabilities at T = 1 (over V, or the teacher's own top-k values).
     With ``teacher_indices`` (top-k), the entropy is that of the renormalised top-k distribution,
     and the gold token's NLL is summed only where the gold token is among the k
-    (``teacher_gold_in_topk`` counts those positions).
+    (``teacher_gold_in_topk`` counts those positions). ``teacher_entropy``: the masked sum when the
+    caller already has it (:class:`lskd.losses.KDLoss` at T = 1), which saves a pass over (N, V).
     """
     mask = mask.bool()
     renormalised = upcast(teacher_scores) if teacher_indices is None else tempered_log_probs(teacher_scores)
-    renormalised = renormalised.clamp_min(torch.finfo(renormalised.dtype).min)  # 0 * log 0 = 0, not NaN
-    entropy = -(renormalised.exp() * renormalised).sum(-1)
+    if teacher_entropy is None:
+        entropy = -expected_log_prob(renormalised.exp(), renormalised)
+        teacher_entropy = entropy.masked_fill(~mask, 0.0).sum()
     student_top1 = student_lprobs.argmax(-1)
     if teacher_indices is None:
         teacher_top1 = teacher_scores.argmax(-1)
@@ -42,7 +45,7 @@ def teacher_statistics(
         # the stored scores are the teacher's own log-probabilities, not renormalised ones
         gold_lp = torch.where(hit, teacher_scores.float(), torch.zeros_like(teacher_scores, dtype=torch.float)).sum(-1)
     stats = {
-        "teacher_entropy": entropy.masked_fill(~mask, 0.0).sum(),
+        "teacher_entropy": teacher_entropy,
         "teacher_agree": (teacher_top1.eq(student_top1) & mask).sum(),
         "teacher_nll": (-gold_lp).masked_fill(~covered, 0.0).sum(),
         "teacher_nll_count": covered.sum(),

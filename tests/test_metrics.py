@@ -87,3 +87,28 @@ def test_given_log_probs_give_the_same_entropy_and_float32_inputs_agree(data):
     s64.update(p64, torch.tensor(labels))
     s32.update(p32, torch.tensor(labels))
     assert s32.result() == pytest.approx(s64.result(), rel=1e-5)
+
+
+def test_teacher_statistics_against_direct_sums_and_the_losss_entropy():
+    from lskd.losses import word_kd_loss
+    from lskd.metrics import teacher_statistics
+
+    g = torch.Generator().manual_seed(3)
+    teacher = torch.log_softmax(torch.randn(12, 7, generator=g) * 2, -1)
+    student = torch.log_softmax(torch.randn(12, 7, generator=g), -1)
+    target = torch.randint(1, 7, (12,), generator=g)
+    target[[2, 9]] = 0  # padding
+    mask = target.ne(0)
+    p = teacher.exp()
+    want_entropy = float(-(p * teacher).sum(-1)[mask].sum())
+    stats = teacher_statistics(teacher, student, target, mask)
+    assert float(stats["teacher_entropy"]) == pytest.approx(want_entropy, rel=1e-6)
+    assert int(stats["teacher_agree"]) == int((teacher.argmax(-1).eq(student.argmax(-1)) & mask).sum())
+    assert float(stats["teacher_nll"]) == pytest.approx(float(-teacher[torch.arange(12), target][mask].sum()), rel=1e-6)
+    assert int(stats["teacher_nll_count"]) == int(mask.sum())
+
+    loss = word_kd_loss(student, target, teacher, alpha=0.5, temperature=1.0, epsilon=0.1, ignore_index=0,
+                        teacher_normalized=True)
+    assert float(loss.teacher_entropy) == pytest.approx(want_entropy, rel=1e-6)
+    given = teacher_statistics(teacher, student, target, mask, teacher_entropy=loss.teacher_entropy)
+    assert {k: float(v) for k, v in given.items()} == pytest.approx({k: float(v) for k, v in stats.items()})

@@ -158,7 +158,7 @@ class LabelSmoothedCrossEntropyWithKDCriterion(LabelSmoothedCrossEntropyCriterio
         lprobs, target = self.get_lprobs_and_target(model, net_output, sample)
         scores, indices = self.teacher_scores(model, sample)
         alpha = self.alpha if scores is not None else 0.0
-        loss, nll_loss, kd_loss = word_kd_loss(
+        loss, nll_loss, kd_loss, teacher_entropy = word_kd_loss(
             lprobs, target, scores, alpha=alpha, temperature=self.temperature, epsilon=self.eps,
             ignore_index=self.padding_idx, teacher_indices=indices, teacher_normalized=indices is None,
         )
@@ -172,7 +172,8 @@ class LabelSmoothedCrossEntropyWithKDCriterion(LabelSmoothedCrossEntropyCriterio
             "sample_size": sample_size,
         }
         if scores is not None:
-            stats = teacher_statistics(scores, lprobs, target, target.ne(self.padding_idx), indices)
+            known_entropy = teacher_entropy if alpha > 0 and self.temperature == 1 else None
+            stats = teacher_statistics(scores, lprobs, target, target.ne(self.padding_idx), indices, known_entropy)
             logging_output.update({name: value.data for name, value in stats.items()})
         if self.report_accuracy:
             n_correct, total = self.compute_accuracy(model, net_output, sample)
