@@ -83,11 +83,13 @@ class StabilityAccumulator:
         Row-wise work stays in the input precision; only the class sums are float64.
         """
         slots = self.slot[labels.detach().cpu().long()]
+        probs = probs.detach().cpu()
         keep = slots >= 0
-        probs, slots = probs.detach().cpu()[keep], slots[keep]
+        if not bool(keep.all()):  # copy the (N, V) rows only when some are not tracked
+            probs, slots = probs[keep], slots[keep]
         self.count.index_add_(0, slots, torch.ones_like(slots, dtype=torch.float64))
         self.sum.index_add_(0, slots, probs.double())
-        self.sum_sq_norm.index_add_(0, slots, (probs * probs).sum(-1).double())
+        self.sum_sq_norm.index_add_(0, slots, torch.linalg.vecdot(probs, probs).double())
 
     def per_class(self) -> dict[int, float]:
         """Intra-class variance ``(1/n_c) sum ||p_i - mean_c||^2`` of every class seen."""
@@ -127,8 +129,7 @@ class CalibrationAccumulator:
         if log_probs is None:
             self.entropy += float(-torch.special.xlogy(probs, probs).double().sum())
         else:
-            log_probs = log_probs.detach().cpu()
-            self.entropy += float(-(probs * log_probs.clamp_min(torch.finfo(log_probs.dtype).min)).sum(-1).double().sum())
+            self.entropy += float(-expected_log_prob(probs, log_probs.detach().cpu()).double().sum())
 
     @property
     def total(self) -> float:
