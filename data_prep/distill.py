@@ -28,6 +28,7 @@ from typing import Any
 
 import sacrebleu
 import torch
+from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from lskd.corpus import CorpusError, read_lines, sha256_file, write_lines
@@ -82,6 +83,8 @@ class Decoder:
         self.models, self.infos = load_teachers(teacher_path, self.task)
         self.device = torch.device(device)
         self.models = [m.to(self.device) for m in self.models]
+        for model in self.models:  # as fairseq-generate does: beam-aware encoder-decoder attention
+            model.prepare_for_inference_(OmegaConf.create({"generation": {"beam": options.beam}}))
         self.generator = self.task.build_generator(self.models, GenerationConfig(
             beam=options.beam, lenpen=options.lenpen, max_len_a=options.max_len_a, max_len_b=options.max_len_b,
             nbest=options.nbest))
