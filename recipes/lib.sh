@@ -78,13 +78,14 @@ analyse_teacher() {
   echo "   $dir: $(grep -m 1 '^1 - S' "$dir/stability.log")"
 }
 
-# penultimate_picture OUT.png DATA_DIR CHECKPOINT... : Müller-style projection of three target tokens
+# penultimate_picture OUT.png DATA_DIR "TOKEN TOKEN TOKEN" CHECKPOINT... : Müller-style projection of
+# three target tokens (SentencePiece pieces, e.g. "▁God ▁Lord ▁water")
 penultimate_picture() {
-  local out=$1 data=$2; shift 2
+  local out=$1 data=$2 tokens; read -r -a tokens <<< "$3"; shift 3
   local newer=1
   for ckpt in "$@"; do [ "$out" -nt "$ckpt" ] || newer=0; done
   if [ "$newer" = 1 ]; then echo "   $out: already drawn, skipping"; return 0; fi
-  lskd-eval project --checkpoints "$@" --data "$data" --split test --tokens ▁God ▁Lord ▁water --out "$out" \
+  lskd-eval project --checkpoints "$@" --data "$data" --split test --tokens "${tokens[@]}" --out "$out" \
     > "${out%.png}.log" 2>&1 || { echo "   picture failed:"; tail -n 20 "${out%.png}.log"; return 1; }
   echo "   $out"
 }
