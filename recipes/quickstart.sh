@@ -11,7 +11,8 @@
 #                                    smoke: a couple of minutes, for CI and trying things out;
 #                                    long: ~4x the default's training, for better teachers.
 #   LSKD_TEACHER_UPDATES=N           override the number of updates per teacher
-#   LSKD_RUN_DIR=DIR                 where checkpoints, logs and scores go (default runs/quickstart)
+#   LSKD_RUN_DIR=DIR                 where checkpoints, logs and scores go (default runs/quickstart,
+#                                    runs/quickstart-smoke for the smoke profile)
 #   LSKD_DATA_DIR=DIR                where the prepared corpus goes (default data/bible-de-en-4k)
 #   LSKD_DEVICE=cpu|gpu              gpu: train and decode on CUDA (default cpu)
 #   LSKD_PREPARED=DIR                your own corpus instead of the Bible: a directory made by
@@ -29,7 +30,7 @@ case "$PROFILE" in
   smoke)   UPDATES=${LSKD_TEACHER_UPDATES:-30};   LIMIT_TRAIN="--limit-train 3000"; BEAM=1 ;;
   *) echo "LSKD_PROFILE must be default, smoke or long (got '$PROFILE')" >&2; exit 2 ;;
 esac
-RUN=${LSKD_RUN_DIR:-runs/quickstart}
+RUN=${LSKD_RUN_DIR:-runs/quickstart${LIMIT_TRAIN:+-smoke}}
 DATA=${LSKD_DATA_DIR:-data/bible-de-en-4k${LIMIT_TRAIN:+-smoke}}
 mkdir -p "$RUN"
 started=$(date +%s)
