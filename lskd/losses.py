@@ -80,17 +80,6 @@ def topk_scores(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tenso
     return values, indices
 
 
-def kl_divergence(
-    teacher_scores: torch.Tensor,
-    student_lprobs: torch.Tensor,
-    temperature: float = 1.0,
-    teacher_indices: torch.Tensor | None = None,
-    teacher_normalized: bool = False,
-) -> torch.Tensor:
-    """Per-position ``KL(p_t^T || p_s^T)``; see :func:`kd_terms`."""
-    return kd_terms(teacher_scores, student_lprobs, temperature, teacher_indices, teacher_normalized)[0]
-
-
 def kd_terms(
     teacher_scores: torch.Tensor,
     student_lprobs: torch.Tensor,
@@ -193,7 +182,8 @@ def _one_soft_target_loss(
         kl = neg_entropy - torch.linalg.vecdot(soft_target, student_lp)
     eps_i = epsilon / (student_lp.size(-1) - 1)
     soft_target.mul_(alpha).add_((1.0 - alpha) * eps_i)
-    soft_target.scatter_add_(-1, target.unsqueeze(-1), soft_target.new_full((*target.shape, 1), (1.0 - alpha) * (1.0 - epsilon - eps_i)))
+    gold_weight = soft_target.new_full((*target.shape, 1), (1.0 - alpha) * (1.0 - epsilon - eps_i))
+    soft_target.scatter_add_(-1, target.unsqueeze(-1), gold_weight)
     cross_entropy = -torch.linalg.vecdot(soft_target, student_lp)
     if ignore_index is not None:
         padding = target.eq(ignore_index)

@@ -126,10 +126,8 @@ class CalibrationAccumulator:
         self.count.index_add_(0, index, torch.ones_like(confidence))
         self.confidence.index_add_(0, index, confidence)
         self.correct.index_add_(0, index, prediction.eq(labels).double())
-        if log_probs is None:
-            self.entropy += float(-torch.special.xlogy(probs, probs).double().sum())
-        else:
-            self.entropy += float(-expected_log_prob(probs, log_probs.detach().cpu()).double().sum())
+        log_probs = probs.log() if log_probs is None else log_probs.detach().cpu()
+        self.entropy += float(-expected_log_prob(probs, log_probs).double().sum())
 
     @property
     def total(self) -> float:
