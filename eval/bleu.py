@@ -116,21 +116,43 @@ def ordered(hypotheses: dict[int, str], expected: int) -> list[str]:
 
 
 def describe_system(checkpoint: Path) -> dict[str, Any]:
-    """How the scored checkpoint was trained, including its teacher's label smoothing (for reports)."""
+    """How the scored checkpoint was trained, including its teacher's label smoothing (for reports).
+
+    ``method``: ``CE`` (trained on the data's own targets), ``word-KD`` (a teacher in the loss),
+    ``seq-KD`` (trained on a corpus written by ``lskd-distill-corpus``), or ``seq-KD + word-KD``.
+    """
     system = describe_checkpoint(checkpoint)
-    teacher_ls = None
+    word_kd = (system["kd_alpha"] or 0) > 0
+    teacher_ls = _word_kd_teacher_smoothing(system) if word_kd else None
+    distilled = _distillation_manifest(system["data"])
+    if distilled is not None:
+        teacher_ls = teacher_ls or [t.get("label_smoothing") for t in distilled["teachers"]]
+        system["distill_beam"] = distilled["options"]["beam"]
+        system["distill_teachers"] = [t["path"] for t in distilled["teachers"]]
+    system["teacher_label_smoothing"] = teacher_ls
+    methods = (["seq-KD"] if distilled is not None else []) + (["word-KD"] if word_kd else [])
+    system["method"] = " + ".join(methods) or "CE"
+    return system
+
+
+def _word_kd_teacher_smoothing(system: dict[str, Any]) -> list[float] | float | None:
     if system["teacher_topk_cache"]:
         manifest = Path(system["teacher_topk_cache"]) / "train" / "manifest.json"
         if manifest.is_file():
-            teacher_ls = json.loads(manifest.read_text(encoding="utf-8")).get("teacher_label_smoothing")
+            return json.loads(manifest.read_text(encoding="utf-8")).get("teacher_label_smoothing")
     elif system["teacher_path"]:
         paths = [p for p in system["teacher_path"].split(":") if p]
         if all(Path(p).is_file() for p in paths):
-            teacher_ls = [describe_checkpoint(p)["label_smoothing"] for p in paths]
-    system["teacher_label_smoothing"] = teacher_ls
-    distilled = (system["kd_alpha"] or 0) > 0
-    system["method"] = "word-KD" if distilled else "CE"
-    return system
+            return [describe_checkpoint(p)["label_smoothing"] for p in paths]
+    return None
+
+
+def _distillation_manifest(bin_dir: str | None) -> dict[str, Any] | None:
+    """``distill.json`` of the sequence-level KD corpus a model was trained on, if it was."""
+    manifest = Path(bin_dir).parent / "distill.json" if bin_dir else None
+    if manifest is None or not manifest.is_file():
+        return None
+    return json.loads(manifest.read_text(encoding="utf-8"))
 
 
 def evaluate(checkpoint: Path, data_dir: Path, split: str, out_dir: Path, options: DecodeOptions) -> dict[str, Any]:

@@ -47,10 +47,40 @@ def _fmt(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+def method_label(system: dict[str, Any]) -> str:
+    """The method with the knobs that define it, e.g. ``word-KD T=1 α=0.5`` or ``seq-KD beam 1``."""
+    method = system.get("method") or "-"
+    parts = []
+    if "seq-KD" in method:
+        parts.append(f"seq-KD beam {system.get('distill_beam', '?')}")
+    if "word-KD" in method:
+        parts.append(f"word-KD T={_fmt(system.get('kd_temperature'))} α={_fmt(system.get('kd_alpha'))}")
+    return " + ".join(parts) or method
+
+
+def teacher_label(system: dict[str, Any]) -> str:
+    smoothing = system.get("teacher_label_smoothing")
+    if smoothing is None or smoothing == []:
+        return "none"
+    return f"LS {_fmt(smoothing)}"
+
+
+def _teacher_paths(records: list[dict[str, Any]]) -> set[str]:
+    """Checkpoints that some scored system learned from (word-KD teacher or seq-KD decoder)."""
+    paths = set()
+    for record in records:
+        system = record.get("system", {})
+        paths.update(p for p in (system.get("teacher_path") or "").split(":") if p)
+        paths.update(system.get("distill_teachers") or [])
+    return {str(Path(p).resolve()) for p in paths}
+
+
 def build_rows(run_dir: Path) -> list[dict[str, Any]]:
     stability = {rec["checkpoint"]["sha256"]: rec for _, rec in load_records(run_dir, "stability-*.json")}
+    bleu_records = load_records(run_dir, "bleu-*.json")
+    teachers = _teacher_paths([record for _, record in bleu_records])
     groups: dict[str, list[tuple[Path, dict]]] = defaultdict(list)
-    for path, record in load_records(run_dir, "bleu-*.json"):
+    for path, record in bleu_records:
         groups[system_name(path, run_dir)].append((path, record))
     rows = []
     for name, members in sorted(groups.items()):
@@ -59,10 +89,13 @@ def build_rows(run_dir: Path) -> list[dict[str, Any]]:
         rows.append({
             "system": name,
             "method": system.get("method", "-"),
+            "method_label": method_label(system),
+            "teacher": teacher_label(system),
+            "is_teacher": any(str(Path(r["checkpoint"]["path"]).resolve()) in teachers for _, r in members),
             "label_smoothing": system.get("label_smoothing"),
             "teacher_label_smoothing": system.get("teacher_label_smoothing"),
-            "temperature": system.get("kd_temperature") if system.get("method") == "word-KD" else None,
-            "alpha": system.get("kd_alpha") if system.get("method") == "word-KD" else None,
+            "temperature": system.get("kd_temperature") if "word-KD" in system.get("method", "") else None,
+            "alpha": system.get("kd_alpha") if "word-KD" in system.get("method", "") else None,
             "seeds": len(members),
             "bleu": [r["scores"]["bleu"]["score"] for _, r in members],
             "chrf": [r["scores"]["chrf"]["score"] for _, r in members],
@@ -76,16 +109,51 @@ def build_rows(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
-    header = ["system", "method", "LS", "teacher LS", "T", "alpha", "seeds", "BLEU", "chrF", "TER", "1 - S", "ECE"]
+    header = ["system", "method", "teacher", "LS", "seeds", "BLEU", "chrF", "TER", "1 - S", "ECE"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         stab = (f"{statistics.mean(row['one_minus_s']):.4f}" if row["one_minus_s"] else "-")
         ece = (f"{statistics.mean(row['ece']):.4f}" if row["ece"] else "-")
-        cells = [row["system"], row["method"], _fmt(row["label_smoothing"]), _fmt(row["teacher_label_smoothing"]),
-                 _fmt(row["temperature"]), _fmt(row["alpha"]), str(row["seeds"]), mean_sd(row["bleu"]),
-                 mean_sd(row["chrf"]), mean_sd(row["ter"]), stab, ece]
+        cells = [row["system"], row["method_label"], row["teacher"], _fmt(row["label_smoothing"]), str(row["seeds"]),
+                 mean_sd(row["bleu"]), mean_sd(row["chrf"]), mean_sd(row["ter"]), stab, ece]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def summary_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """A few lines with the paper's question answered: teachers, then each KD method by teacher."""
+    lines = []
+    teachers = [r for r in rows if r["is_teacher"]]
+    if teachers:
+        lines.append("teachers: " + " | ".join(
+            f"LS {_fmt(r['label_smoothing'])}: BLEU {mean_sd(r['bleu'])}, 1 - S {_mean4(r['one_minus_s'])}, "
+            f"ECE {_mean4(r['ece'])}" for r in teachers))
+    by_method: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        if not row["is_teacher"]:
+            by_method[row["method_label"]].append(row)
+    taught = {label: members for label, members in by_method.items() if any(r["teacher"] != "none" for r in members)}
+    for label, members in taught.items():
+        lines.append(f"{label} students: " + " | ".join(
+            f"teacher {r['teacher']}: BLEU {mean_sd(r['bleu'])}" for r in members) + _ls_gap(members))
+    for label, members in by_method.items():
+        if label not in taught:
+            lines.append(f"{label} students without a teacher: BLEU " + " | ".join(mean_sd(r["bleu"]) for r in members))
+    return lines
+
+
+def _mean4(values: list[float]) -> str:
+    return f"{statistics.mean(values):.4f}" if values else "-"
+
+
+def _ls_gap(members: list[dict[str, Any]]) -> str:
+    """``(LS teacher - non-LS teacher: +0.42 BLEU)`` when exactly one student of each kind is present."""
+    smoothed = [r for r in members if r["teacher"] not in ("none", "LS 0", "LS 0.0")]
+    plain = [r for r in members if r["teacher"] in ("LS 0", "LS 0.0")]
+    if len(smoothed) != 1 or len(plain) != 1:
+        return ""
+    gap = statistics.mean(smoothed[0]["bleu"]) - statistics.mean(plain[0]["bleu"])
+    return f" (LS teacher - non-LS teacher: {gap:+.2f} BLEU)"
 
 
 def plot_bleu_vs_temperature(rows: list[dict[str, Any]], path: Path) -> Path | None:
@@ -135,17 +203,22 @@ def provenance_section(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def write_report(run_dir: Path, out: Path | None = None) -> Path:
+def write_report(run_dir: Path, out: Path | None = None, note: str | None = None) -> Path:
+    """Write ``report.md`` (table, summary, plots, provenance); ``note`` records how the run was sized."""
     rows = build_rows(run_dir)
     if not rows:
         raise FileNotFoundError(f"no bleu-*.json records under {run_dir}: run lskd-eval bleu first")
     out = out or run_dir / "report.md"
     plot = plot_bleu_vs_temperature(rows, out.parent / "plots" / "bleu_vs_temperature.png")
-    parts = [f"# LSKD report: {run_dir}", "", markdown_table(rows), "",
-             "BLEU/chrF/TER: sacrebleu on detokenized output against raw references (signatures below); "
-             "mean ± sd over seeds. LS: the system's own label smoothing (fairseq convention, eps spread over "
-             "V - 1 classes). 1 - S: stability (Shen et al. Eq. 2) over the most frequent gold tokens; "
-             "ECE: 15 bins. Both from a teacher-forced pass.", ""]
+    parts = [f"# LSKD report: {run_dir}", "", "## Summary", "", *[f"- {line}" for line in summary_lines(rows)], ""]
+    if note:
+        parts += [f"Settings: {note}", ""]
+    parts += ["## Results", "", markdown_table(rows), "",
+              "BLEU/chrF/TER: sacrebleu on detokenized output against raw references (signatures below); "
+              "mean ± sd over seeds. LS: the system's own label smoothing (fairseq convention, eps spread over "
+              "V - 1 classes); teacher: the label smoothing of the model it learned from. 1 - S: stability "
+              "(Shen et al. Eq. 2) over the most frequent gold tokens; ECE: 15 bins. Both from a teacher-forced "
+              "pass.", ""]
     if plot:
         parts += [f"![BLEU vs temperature]({plot.relative_to(out.parent)})", ""]
     pictures = sorted(out.parent.rglob("*.png"))
@@ -159,12 +232,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lskd-report", description=__doc__)
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--out", type=Path, help="markdown file (default RUN_DIR/report.md)")
+    parser.add_argument("--note", help="how the run was sized (model sizes, updates, beams), written into the report")
+    parser.add_argument("--summary", action="store_true", help="also print the report's summary lines")
     args = parser.parse_args(argv)
     try:
-        print(write_report(args.run_dir, args.out))
+        report = write_report(args.run_dir, args.out, args.note)
     except FileNotFoundError as err:
         print(f"lskd-report: error: {err}", file=sys.stderr)
         return 2
+    if args.summary:
+        print("\n".join(summary_lines(build_rows(args.run_dir))))
+    print(f"report: {report}")
     return 0
 
 

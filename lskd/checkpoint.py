@@ -74,7 +74,7 @@ def describe_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """
     state = load_checkpoint(path)
     cfg = state.get("cfg") or {}
-    criterion, model = _get(cfg, "criterion", {}), _get(cfg, "model", {})
+    criterion, model, task = _get(cfg, "criterion", {}), _get(cfg, "model", {}), _get(cfg, "task", {})
     history = state.get("optimizer_history") or [{}]
     return {
         "criterion": _get(criterion, "_name"),
@@ -85,6 +85,7 @@ def describe_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         "teacher_topk": _get(criterion, "teacher_topk"),
         "teacher_topk_cache": _get(criterion, "teacher_topk_cache"),
         "arch": _get(model, "arch") or _get(model, "_name"),
+        "data": _get(task, "data"),
         "seed": _get(_get(cfg, "common", {}), "seed"),
         "num_updates": history[-1].get("num_updates"),
     }

@@ -17,22 +17,66 @@ OPTIMIZATION=(--optimizer adam --adam-betas '(0.9,0.98)' --lr 2e-3 --lr-schedule
 
 stage() { printf '\n== %s\n' "$*"; }
 
-# train_teacher BIN_DIR SAVE_DIR LABEL_SMOOTHING UPDATES
-train_teacher() {
-  local bin=$1 dir=$2 ls=$3 updates=$4
+# A smaller student: same depth, half the width. Most of a training step on CPU is the output layer
+# and the embeddings (V x dim), so this is ~2.5x cheaper per update than the teacher.
+STUDENT_ARCH=(--arch transformer --encoder-layers 3 --decoder-layers 3
+  --encoder-embed-dim 128 --decoder-embed-dim 128 --encoder-ffn-embed-dim 512 --decoder-ffn-embed-dim 512
+  --encoder-attention-heads 4 --decoder-attention-heads 4 --share-all-embeddings
+  --encoder-normalize-before --decoder-normalize-before --dropout 0.1)
+
+# glibc returns freed blocks of >= 32 MiB to the OS at once, so every step pays page faults on fresh
+# (tokens x V) tensors; keeping them is ~10 % faster for every criterion (benchmarks/kd_throughput.py).
+export GLIBC_TUNABLES=${GLIBC_TUNABLES:-glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=4294967296}
+
+# train_model BIN_DIR SAVE_DIR UPDATES SEED FAIRSEQ_ARGS...: fairseq-train on one core (a killed run
+# resumes from checkpoint_last.pt); SAVE_DIR/trained records the updates, so a finished run is skipped.
+train_model() {
+  local bin=$1 dir=$2 updates=$3 seed=$4; shift 4
   if [ "$(cat "$dir/trained" 2>/dev/null)" = "$updates" ]; then
     echo "   $dir: already trained ($updates updates), skipping"; return 0
   fi
   mkdir -p "$dir"
   echo "   $dir: training (log: $dir/train.log); a killed run resumes from checkpoint_last.pt"
   OMP_NUM_THREADS=$LSKD_THREADS_PER_JOB MKL_NUM_THREADS=$LSKD_THREADS_PER_JOB \
-  fairseq-train "$bin" --user-dir "$LSKD_ROOT/fairseq_plugins" $(device_flag) \
-    "${TEACHER_ARCH[@]}" "${OPTIMIZATION[@]}" \
-    --criterion label_smoothed_cross_entropy --label-smoothing "$ls" \
+  fairseq-train "$bin" --user-dir "$LSKD_ROOT/fairseq_plugins" $(device_flag) "$@" "${OPTIMIZATION[@]}" \
     --max-update "$updates" --save-dir "$dir" --no-epoch-checkpoints --save-interval-updates 200 \
-    --keep-interval-updates 1 --seed 1 --num-workers 0 --log-format simple --log-interval 50 \
+    --keep-interval-updates 1 --seed "$seed" --num-workers 0 --log-format simple --log-interval 50 \
     > "$dir/train.log" 2>&1 || { echo "   $dir: fairseq-train failed; last lines of $dir/train.log:"; tail -n 20 "$dir/train.log"; return 1; }
   echo "$updates" > "$dir/trained"
+}
+
+# train_teacher BIN_DIR SAVE_DIR LABEL_SMOOTHING UPDATES
+train_teacher() {
+  train_model "$1" "$2" "$4" 1 "${TEACHER_ARCH[@]}" --criterion label_smoothed_cross_entropy --label-smoothing "$3"
+}
+
+# train_student BIN_DIR SAVE_DIR UPDATES SEED [CRITERION_ARGS...]: the student architecture, without
+# label smoothing of its own (so the teacher is the only difference between students); no criterion
+# arguments = cross-entropy on BIN_DIR's targets (gold data, or a distilled corpus).
+train_student() {
+  local bin=$1 dir=$2 updates=$3 seed=$4; shift 4
+  [ $# -gt 0 ] || set -- --criterion label_smoothed_cross_entropy
+  train_model "$bin" "$dir" "$updates" "$seed" "${STUDENT_ARCH[@]}" "$@" --label-smoothing 0
+}
+
+# word_kd_args TEACHER_CHECKPOINT TEMPERATURE ALPHA: criterion arguments of an online word-level KD student
+word_kd_args() {
+  echo --criterion label_smoothed_cross_entropy_with_kd --teacher-path "$1" --kd-temperature "$2" --kd-alpha "$3"
+}
+
+# distill_corpus TEACHER_DIR DATA_DIR OUT_DIR BEAM: sequence-level KD data from TEACHER_DIR/checkpoint_last.pt
+distill_corpus() {
+  local teacher=$1 data=$2 out=$3 beam=$4
+  if [ "$out/distill.json" -nt "$teacher/checkpoint_last.pt" ]; then
+    echo "   $out: already distilled, skipping"; return 0
+  fi
+  mkdir -p "$out"
+  echo "   $out: decoding the training sources with $teacher (beam $beam; log: $out.log)"
+  OMP_NUM_THREADS=$LSKD_THREADS_PER_JOB MKL_NUM_THREADS=$LSKD_THREADS_PER_JOB \
+  lskd-distill-corpus --data "$data" --teacher-path "$teacher/checkpoint_last.pt" --out "$out" --beam "$beam" \
+    --batch-size 128 --workers 1 --overwrite $([ "$LSKD_DEVICE" = gpu ] && echo --gpu) > "$out.log" 2>&1 \
+    || { echo "   $out: distillation failed:"; tail -n 20 "$out.log"; return 1; }
+  echo "   $out: $(tail -n 1 "$out.log")"
 }
 
 # evaluate_bleu RUN_DIR DATA_DIR BEAM: decode the test split with RUN_DIR/checkpoint_last.pt
@@ -48,11 +92,23 @@ evaluate_bleu() {
   echo "   $dir: $(grep -m 1 '^BLEU' "$dir/eval.log")"
 }
 
-# wait_all WHAT [LOG...]: wait for this shell's background jobs, showing progress from the logs
-# every minute; fail if any job failed.
+# background COMMAND...: run COMMAND in the background, remembered for wait_all (a shell's job
+# table forgets finished jobs, so their pids are kept here to collect every exit status)
+LSKD_PIDS=()
+background() {
+  "$@" &
+  LSKD_PIDS+=("$!")
+}
+
+# at_most N: block until fewer than N of this shell's background jobs run (a job pool)
+at_most() {
+  while [ "$(jobs -rp | wc -l)" -ge "$1" ]; do sleep 2; done
+}
+
+# wait_all WHAT [LOG...]: wait for the background jobs, showing progress from the logs every
+# minute; fail if any job failed.
 wait_all() {
   local what=$1; shift
-  local pids; pids=$(jobs -p)
   local waited=0
   while [ -n "$(jobs -rp)" ]; do
     sleep 2; waited=$((waited + 2))
@@ -61,13 +117,14 @@ wait_all() {
       [ -f "$log" ] && { grep -o 'num_updates[ =][0-9]*' "$log" | tail -n 1 | sed "s|^|   $(dirname "$log"): |"; } || true
     done
   done
-  local failed=0
-  for pid in $pids; do wait "$pid" || failed=1; done
+  local failed=0 pid
+  for pid in "${LSKD_PIDS[@]}"; do wait "$pid" || failed=1; done
+  LSKD_PIDS=()
   [ "$failed" = 0 ] || { echo "== $what failed (see the logs above)" >&2; exit 1; }
 }
 
-# analyse_teacher RUN_DIR DATA_DIR: stability 1 - S, ECE and entropy on the test split
-analyse_teacher() {
+# analyse_model RUN_DIR DATA_DIR: stability 1 - S, ECE and entropy on the test split
+analyse_model() {
   local dir=$1 data=$2
   if [ "$dir/eval/stability-test.json" -nt "$dir/checkpoint_last.pt" ]; then
     echo "   $dir: already analysed, skipping"; return 0

@@ -1,16 +1,23 @@
 #!/usr/bin/env bash
-# LSKD quickstart: the paper's question on the embedded Bible De-En corpus (first version).
-# Prepares the data, trains two small Transformer teachers on CPU - one with label smoothing 0.1,
-# one without - side by side (one core each), scores both on the Gospel of John with sacrebleu,
-# measures their stability (1 - S) and calibration, draws their penultimate layers, and writes
-# RUN_DIR/report.md.
-# Re-running skips every finished stage.
+# LSKD quickstart: the paper's question on the embedded Bible De-En corpus, on CPU.
+# Prepares the data; trains two small Transformer teachers, one with label smoothing 0.1 and one
+# without; for each teacher distils a smaller student by word-level KD (T = 1) and one by
+# sequence-level KD (greedy decoding of every training source), and trains the same student on
+# the gold data alone as the baseline; scores every system on the Gospel of John with sacrebleu,
+# measures stability (1 - S) and calibration (ECE), draws the teachers' penultimate layers, and
+# writes RUN_DIR/report.md with a five-line summary.
+# Jobs run two at a time, one core each. Re-running skips every finished stage.
 #
 # Budget knobs (environment variables):
-#   LSKD_PROFILE=default|smoke|long  default: fits ~20 minutes on a 2-core CPU machine;
-#                                    smoke: a couple of minutes, for CI and trying things out;
-#                                    long: ~4x the default's training, for better teachers.
+#   LSKD_PROFILE=default|smoke|long  default: ~45 minutes on a 2-core CPU machine;
+#                                    smoke: a few minutes (tiny data slice, 30 updates), for CI;
+#                                    long: 4x the default's training, for better models
 #   LSKD_TEACHER_UPDATES=N           override the number of updates per teacher
+#   LSKD_STUDENT_UPDATES=N           override the number of updates per student
+#   LSKD_KD_ALPHA=A                  weight of the word-level KD term (default 0.5)
+#   LSKD_DISTILL_BEAM=B              beam of the sequence-level KD decoding (default 1 = greedy:
+#                                    ~3x faster than beam 5 on CPU)
+#   LSKD_SEED=S                      the students' seed (default 1; teachers always use seed 1)
 #   LSKD_RUN_DIR=DIR                 where checkpoints, logs and scores go (default runs/quickstart,
 #                                    runs/quickstart-smoke for the smoke profile)
 #   LSKD_DATA_DIR=DIR                where the prepared corpus goes (default data/bible-de-en-4k)
@@ -25,11 +32,17 @@ cd "$LSKD_ROOT"
 
 PROFILE=${LSKD_PROFILE:-default}
 case "$PROFILE" in
-  default) UPDATES=${LSKD_TEACHER_UPDATES:-800}; LIMIT_TRAIN=""; BEAM=5 ;;
-  long)    UPDATES=${LSKD_TEACHER_UPDATES:-3200}; LIMIT_TRAIN=""; BEAM=5 ;;
-  smoke)   UPDATES=${LSKD_TEACHER_UPDATES:-30};   LIMIT_TRAIN="--limit-train 3000"; BEAM=1 ;;
+  default) UPDATES=800;  STUDENT_UPDATES=500;  LIMIT_TRAIN="";                   BEAM=5 ;;
+  long)    UPDATES=3200; STUDENT_UPDATES=2000; LIMIT_TRAIN="";                   BEAM=5 ;;
+  smoke)   UPDATES=30;   STUDENT_UPDATES=30;   LIMIT_TRAIN="--limit-train 1000"; BEAM=1 ;;
   *) echo "LSKD_PROFILE must be default, smoke or long (got '$PROFILE')" >&2; exit 2 ;;
 esac
+UPDATES=${LSKD_TEACHER_UPDATES:-$UPDATES}
+STUDENT_UPDATES=${LSKD_STUDENT_UPDATES:-$STUDENT_UPDATES}
+KD_ALPHA=${LSKD_KD_ALPHA:-0.5}
+DISTILL_BEAM=${LSKD_DISTILL_BEAM:-1}
+SEED=${LSKD_SEED:-1}
+JOBS=$(( $(nproc) / LSKD_THREADS_PER_JOB > 1 ? $(nproc) / LSKD_THREADS_PER_JOB : 1 ))
 RUN=${LSKD_RUN_DIR:-runs/quickstart${LIMIT_TRAIN:+-smoke}}
 DATA=${LSKD_DATA_DIR:-data/bible-de-en-4k${LIMIT_TRAIN:+-smoke}}
 mkdir -p "$RUN"
@@ -46,27 +59,49 @@ fi
 TOKENS=${LSKD_PICTURE_TOKENS:-▁God ▁Lord ▁water}
 PICTURE=${TOKENS//▁/}; PICTURE=$RUN/plots/penultimate_${PICTURE// /_}.png
 
+# Jobs: score a model and analyse it; train a student and score it; decode a teacher's corpus, then
+# train a sequence-level KD student on it.
+score_and_analyse() { evaluate_bleu "$1" "$DATA" "$BEAM" && analyse_model "$1" "$DATA"; }
+student_job() { train_student "$@" && score_and_analyse "$2"; }
+seqkd_job() {  # seqkd_job TEACHER_DIR DISTILLED_DIR STUDENT_DIR
+  distill_corpus "$1" "$DATA" "$2" "$DISTILL_BEAM" && student_job "$2/bin" "$3" "$STUDENT_UPDATES" "$SEED"
+}
+
 stage "train two teachers side by side, $UPDATES updates each: label smoothing 0.1 and 0"
 for ls in 0.1 0; do
-  train_teacher "$DATA/bin" "$RUN/teacher_ls$ls" "$ls" "$UPDATES" &
+  background train_teacher "$DATA/bin" "$RUN/teacher_ls$ls" "$ls" "$UPDATES"
 done
 wait_all "teacher training" "$RUN/teacher_ls0.1/train.log" "$RUN/teacher_ls0/train.log"
 
-stage "translate the test split (the Bible: John) with each teacher (beam $BEAM) and score with sacrebleu"
+stage "score both teachers on the test split (beam $BEAM) and analyse them: stability 1 - S, calibration"
 for ls in 0.1 0; do
-  evaluate_bleu "$RUN/teacher_ls$ls" "$DATA" "$BEAM" &
+  background score_and_analyse "$RUN/teacher_ls$ls"
 done
-wait_all "evaluation"
+wait_all "teacher evaluation"
 
-stage "analyse both teachers on the test split: stability 1 - S, calibration, penultimate-layer picture"
+stage "students ($STUDENT_UPDATES updates each, seed $SEED, $JOBS at a time): word-level KD at T = 1 (alpha $KD_ALPHA) and sequence-level KD (beam $DISTILL_BEAM) from each teacher, and the gold-data baseline"
+# Longest jobs first, so the cores finish together.
+logs=()
 for ls in 0.1 0; do
-  analyse_teacher "$RUN/teacher_ls$ls" "$DATA" &
+  teacher=$RUN/teacher_ls$ls
+  background seqkd_job "$teacher" "$RUN/distilled_ls$ls" "$RUN/student_seqkd_ls${ls}_seed$SEED"
+  at_most "$JOBS"
+  background student_job "$DATA/bin" "$RUN/student_wordkd_ls${ls}_T1_seed$SEED" "$STUDENT_UPDATES" "$SEED" \
+    $(word_kd_args "$teacher/checkpoint_last.pt" 1 "$KD_ALPHA")
+  at_most "$JOBS"
+  logs+=("$RUN/student_seqkd_ls${ls}_seed$SEED/train.log" "$RUN/student_wordkd_ls${ls}_T1_seed$SEED/train.log")
 done
-wait_all "analysis"
+background student_job "$DATA/bin" "$RUN/student_gold_seed$SEED" "$STUDENT_UPDATES" "$SEED"
+wait_all "students" "${logs[@]}" "$RUN/student_gold_seed$SEED/train.log"
+
+stage "draw both teachers' penultimate layers"
 mkdir -p "$RUN/plots"
 penultimate_picture "$PICTURE" "$DATA" "$TOKENS" \
   "$RUN/teacher_ls0.1/checkpoint_last.pt" "$RUN/teacher_ls0/checkpoint_last.pt"
 
 stage "results ($(( ($(date +%s) - started) / 60 )) min this run)"
-lskd-eval table "$RUN"/teacher_ls*/eval/bleu-test.json
-echo "report: $(lskd-report "$RUN")"
+lskd-eval table "$RUN"/*/eval/bleu-test.json
+lskd-report "$RUN" --summary --note "profile $PROFILE: teachers $UPDATES updates (3+3 layers, 256 dims), \
+students $STUDENT_UPDATES updates (3+3 layers, 128 dims, LS 0, seed $SEED), word-KD T = 1 alpha $KD_ALPHA with the \
+full online teacher distribution, sequence-level KD on the teacher's beam-$DISTILL_BEAM decoding of every training \
+source, test decoding beam $BEAM, $JOBS jobs side by side on $(nproc) cores; $(( ($(date +%s) - started) / 60 )) min this run."

@@ -7,7 +7,7 @@ import pytest
 
 from eval.bleu import ordered, paired_bootstrap, score, score_files
 from eval.cli import main as eval_main
-from eval.report import build_rows, markdown_table, write_report
+from eval.report import build_rows, markdown_table, summary_lines, write_report
 from lskd.corpus import CorpusError
 
 HYPS = ["the cat sat on the mat", "a dog barks loudly at night", "he said that it was good", "no"]
@@ -64,7 +64,8 @@ def fake_bleu(path, bleu, system, sha, fingerprint="f" * 64):
 
 def test_report_renders_a_table_with_seed_statistics_and_stability(tmp_path):
     teacher = {"method": "CE", "label_smoothing": 0.1, "teacher_label_smoothing": None, "kd_temperature": None, "kd_alpha": None}
-    student = {"method": "word-KD", "label_smoothing": 0.1, "teacher_label_smoothing": [0.1], "kd_temperature": 2.0, "kd_alpha": 0.5}
+    student = {"method": "word-KD", "label_smoothing": 0.1, "teacher_label_smoothing": [0.1], "kd_temperature": 2.0,
+               "kd_alpha": 0.5, "teacher_path": "/ckpt/a.pt"}
     fake_bleu(tmp_path / "teacher_ls0.1" / "eval" / "bleu-test.json", 20.0, teacher, "a")
     fake_bleu(tmp_path / "student_T2_seed1" / "eval" / "bleu-test.json", 10.0, student, "b")
     fake_bleu(tmp_path / "student_T2_seed2" / "eval" / "bleu-test.json", 12.0, student, "c")
@@ -72,15 +73,39 @@ def test_report_renders_a_table_with_seed_statistics_and_stability(tmp_path):
         "one_minus_s": 0.3106, "ece_15_bins": 0.05, "classes": 10, "split": "test",
         "checkpoint": {"path": "/ckpt/a.pt", "sha256": "a" * 64}, "data": {"fingerprint": "f" * 64},
         "command": "lskd-eval stability ...", "versions": {}}))
-    table = markdown_table(build_rows(tmp_path)).splitlines()
-    assert table[0] == "| system | method | LS | teacher LS | T | alpha | seeds | BLEU | chrF | TER | 1 - S | ECE |"
-    assert table[2] == "| student_T2 | word-KD | 0.1 | 0.1 | 2 | 0.5 | 2 | 11.00 ± 1.41 | 12.00 ± 1.41 | 13.00 ± 1.41 | - | - |"
-    assert table[3] == "| teacher_ls0.1 | CE | 0.1 | - | - | - | 1 | 20.00 | 21.00 | 22.00 | 0.3106 | 0.0500 |"
-    report = write_report(tmp_path)
+    rows = build_rows(tmp_path)
+    table = markdown_table(rows).splitlines()
+    assert table[0] == "| system | method | teacher | LS | seeds | BLEU | chrF | TER | 1 - S | ECE |"
+    assert table[2] == "| student_T2 | word-KD T=2 α=0.5 | LS 0.1 | 0.1 | 2 | 11.00 ± 1.41 | 12.00 ± 1.41 | 13.00 ± 1.41 | - | - |"
+    assert table[3] == "| teacher_ls0.1 | CE | none | 0.1 | 1 | 20.00 | 21.00 | 22.00 | 0.3106 | 0.0500 |"
+    assert summary_lines(rows) == ["teachers: LS 0.1: BLEU 20.00, 1 - S 0.3106, ECE 0.0500",
+                                   "word-KD T=2 α=0.5 students: teacher LS 0.1: BLEU 11.00 ± 1.41"]
+    report = write_report(tmp_path, note="tiny models")
     text = report.read_text()
     assert "![BLEU vs temperature](plots/bleu_vs_temperature.png)" in text
     assert (tmp_path / "plots" / "bleu_vs_temperature.png").stat().st_size > 1000
-    assert "sha256 aaaaaaaaaaaa" in text and "bleu-sig" in text
+    assert "sha256 aaaaaaaaaaaa" in text and "bleu-sig" in text and "Settings: tiny models" in text
+
+
+def test_summary_compares_the_students_of_ls_and_plain_teachers(tmp_path):
+    def ce(ls):
+        return {"method": "CE", "label_smoothing": ls, "teacher_label_smoothing": None}
+
+    def seqkd(teacher):
+        return {"method": "seq-KD", "label_smoothing": 0, "teacher_label_smoothing": [0.1 if teacher == "a" else 0.0],
+                "distill_beam": 1, "distill_teachers": [f"/ckpt/{teacher}.pt"]}
+
+    fake_bleu(tmp_path / "teacher_ls0.1" / "eval" / "bleu-test.json", 20.0, ce(0.1), "a")
+    fake_bleu(tmp_path / "teacher_ls0" / "eval" / "bleu-test.json", 19.0, ce(0.0), "b")
+    fake_bleu(tmp_path / "student_seqkd_ls0.1_seed1" / "eval" / "bleu-test.json", 12.5, seqkd("a"), "c")
+    fake_bleu(tmp_path / "student_seqkd_ls0_seed1" / "eval" / "bleu-test.json", 12.0, seqkd("b"), "d")
+    fake_bleu(tmp_path / "student_gold_seed1" / "eval" / "bleu-test.json", 11.0, ce(0.0), "e")
+    rows = build_rows(tmp_path)
+    assert [r["system"] for r in rows if r["is_teacher"]] == ["teacher_ls0", "teacher_ls0.1"]
+    lines = summary_lines(rows)
+    assert lines[1] == ("seq-KD beam 1 students: teacher LS 0: BLEU 12.00 | teacher LS 0.1: BLEU 12.50 "
+                        "(LS teacher - non-LS teacher: +0.50 BLEU)")
+    assert lines[2] == "CE students without a teacher: BLEU 11.00"
 
 
 def test_report_without_records_is_an_error(tmp_path, capsys):

@@ -1,0 +1,120 @@
+"""The image-classification part of ``lskd-report``: ``classification-*.json`` records from ``lskd-train``.
+
+Rows are systems grouped like the NMT rows (run directory, trailing ``_seedN`` removed; seeds
+become mean ± sd). Every record carries its own stability ``1 - S`` and ECE (the trainer's final
+evaluation), so no separate analysis pass is needed.
+"""
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from eval.report import _fmt, load_records, mean_sd, system_name
+
+
+@dataclass
+class ClassificationSection:
+    markdown: str  # table, notes and plot
+    provenance: str
+    plot: Path | None
+
+
+def data_label(data: dict[str, Any]) -> str:
+    ratio = data.get("imbalance_ratio", 1)
+    return "balanced" if ratio == 1 else f"LT {ratio:g}"
+
+
+def classification_rows(run_dir: Path) -> list[dict[str, Any]]:
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for path, record in load_records(run_dir, "classification-*.json"):
+        groups[system_name(path, run_dir)].append(record)
+    rows = []
+    for name, members in sorted(groups.items()):
+        system = members[0]["system"]
+        rows.append({
+            "system": name, "method": system["method"], "model": system["model"],
+            "label_smoothing": system["label_smoothing"], "teacher_label_smoothing": system["teacher_label_smoothing"],
+            "temperature": system["kd_temperature"], "alpha": system["kd_alpha"], "data": data_label(members[0]["data"]),
+            "seeds": len(members), "top1": [r["scores"]["top1"] for r in members],
+            "top5": [r["scores"].get("top5") for r in members if "top5" in r["scores"]],
+            "one_minus_s": [r["scores"]["one_minus_s"] for r in members],
+            "ece": [r["scores"]["ece_15_bins"] for r in members], "records": members,
+        })
+    return rows
+
+
+def classification_table(rows: list[dict[str, Any]]) -> str:
+    header = ["system", "method", "model", "LS", "teacher LS", "T", "alpha", "data", "seeds", "top-1", "top-5",
+              "1 - S", "ECE"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [row["system"], row["method"], row["model"], _fmt(row["label_smoothing"]),
+                 _fmt(row["teacher_label_smoothing"]), _fmt(row["temperature"]), _fmt(row["alpha"]), row["data"],
+                 str(row["seeds"]), mean_sd(row["top1"]), mean_sd(row["top5"]),
+                 f"{statistics.mean(row['one_minus_s']):.4f}", f"{statistics.mean(row['ece']):.4f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_top1_vs_temperature(rows: list[dict[str, Any]], path: Path) -> Path | None:
+    """Students' top-1 against T, one line per (student model, teacher LS, data); None without KD rows."""
+    series: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for row in rows:
+        if row["temperature"] is not None:
+            label = f"{row['model']}, teacher LS {_fmt(row['teacher_label_smoothing'])}, {row['data']}"
+            series[label].append((row["temperature"], statistics.mean(row["top1"])))
+    if not series:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 4), dpi=100)
+    for label, points in sorted(series.items()):
+        points.sort()
+        axis.plot([t for t, _ in points], [a for _, a in points], marker="o", label=label)
+    axis.set_xscale("log", base=2)
+    axis.set_xlabel("temperature T")
+    axis.set_ylabel("test top-1 (%)")
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    plt.close(figure)
+    return path
+
+
+def classification_provenance(rows: list[dict[str, Any]]) -> str:
+    lines = ["## Provenance (image classification)", ""]
+    for row in rows:
+        lines.append(f"**{row['system']}**")
+        for record in row["records"]:
+            versions = record.get("versions", {})
+            lines.append(
+                f"- checkpoint `{record['checkpoint']['path']}` (sha256 {record['checkpoint']['sha256'][:12]}), "
+                f"data {record['data']['name']} {record['data']['fingerprint'][:12]} "
+                f"({record['data']['train_examples']} training images), seed {record['system']['seed']}, "
+                f"{record['system']['epochs']} epochs; torch {versions.get('torch', '?')}, lskd {versions.get('lskd', '?')}; "
+                f"`{record['command']}`")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def classification_section(run_dir: Path, report_dir: Path) -> ClassificationSection | None:
+    """The markdown (table, plot; provenance) for the run's classification records; None when there are none."""
+    rows = classification_rows(run_dir)
+    if not rows:
+        return None
+    plot = plot_top1_vs_temperature(rows, report_dir / "plots" / "top1_vs_temperature.png")
+    parts = ["## Image classification", "", classification_table(rows), "",
+             "top-1/top-5: % of the test split; mean ± sd over seeds. LS: the model's own label smoothing "
+             "(eps spread over the C - 1 other classes). 1 - S: stability (Shen et al. Eq. 2) of the model's "
+             "test-set softmax, grouped by gold class; ECE: 15 bins. LT r: long-tailed training split, "
+             "n_max / n_min = r.", ""]
+    if plot:
+        parts += [f"![top-1 vs temperature]({plot.relative_to(report_dir)})", ""]
+    return ClassificationSection("\n".join(parts), classification_provenance(rows), plot)
