@@ -1,4 +1,4 @@
-"""LSKD: label-smoothing-aware knowledge distillation for NMT, on fairseq."""
+"""LSKD: label-smoothing-aware knowledge distillation for NMT (on fairseq) and image classification."""
 from setuptools import find_packages, setup
 
 # torch: a range, so a GPU user's own CUDA build (installed first) is kept. On the CPU machines
@@ -23,8 +23,10 @@ setup(
     packages=find_packages(include=["lskd", "lskd.*", "fairseq_plugins", "fairseq_plugins.*",
                                     "data_prep", "data_prep.*", "eval", "eval.*"]),
     python_requires=">=3.10",
+    # pyyaml: lskd-train's configs; tensorboardX: its TensorBoard logs (writes event files with
+    # protobuf alone, where torch.utils.tensorboard needs the whole tensorboard package); Pillow: image folders
     install_requires=[TORCH, *FAIRSEQ, "sacrebleu>=2.3,<3", "sacremoses>=0.1", "sentencepiece>=0.2",
-                      "numpy", "tqdm"],
+                      "numpy", "tqdm", "pyyaml>=6", "tensorboardX>=2.6", "Pillow>=9.1"],
     extras_require={"plots": ["matplotlib>=3.7"], "test": ["pytest>=8", "matplotlib>=3.7"]},
     entry_points={
         "console_scripts": [
@@ -33,6 +35,8 @@ setup(
             "lskd-dump-topk=data_prep.dump_topk:main",
             "lskd-report=eval.report:main",
             "lskd-distill-corpus=data_prep.distill:main",
+            "lskd-train=lskd.train.cli:main",
+            "lskd-vision-project=lskd.vision.project:main",
         ]
     },
 )

@@ -206,6 +206,10 @@ def provenance_section(rows: list[dict[str, Any]]) -> str:
 def write_report(run_dir: Path, out: Path | None = None, note: str | None = None) -> Path:
     """Write ``report.md`` (table, summary, plots, provenance); ``note`` records how the run was sized."""
     rows = build_rows(run_dir)
+    if not rows and any(run_dir.rglob("classification-*.json")):  # lskd-train image classification runs
+        from eval.vision_report import write_classification_report  # here: it imports this module
+
+        return write_classification_report(run_dir, out, note)
     if not rows:
         raise FileNotFoundError(f"no bleu-*.json records under {run_dir}: run lskd-eval bleu first")
     out = out or run_dir / "report.md"

@@ -1,25 +1,19 @@
-"""The image-classification part of ``lskd-report``: ``classification-*.json`` records from ``lskd-train``.
+"""``lskd-report`` for image classification: the ``classification-*.json`` records of ``lskd-train`` runs.
 
 Rows are systems grouped like the NMT rows (run directory, trailing ``_seedN`` removed; seeds
 become mean ± sd). Every record carries its own stability ``1 - S`` and ECE (the trainer's final
-evaluation), so no separate analysis pass is needed.
+evaluation), so no separate analysis pass is needed. ``lskd-report`` writes this report for a run
+directory that holds classification records and no BLEU records.
 """
 from __future__ import annotations
 
 import statistics
 from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from eval.report import _fmt, load_records, mean_sd, system_name
-
-
-@dataclass
-class ClassificationSection:
-    markdown: str  # table, notes and plot
-    provenance: str
-    plot: Path | None
+from lskd.provenance import provenance
 
 
 def data_label(data: dict[str, Any]) -> str:
@@ -29,17 +23,20 @@ def data_label(data: dict[str, Any]) -> str:
 
 def classification_rows(run_dir: Path) -> list[dict[str, Any]]:
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for path, record in load_records(run_dir, "classification-*.json"):
+    records = load_records(run_dir, "classification-*.json")
+    for path, record in records:
         groups[system_name(path, run_dir)].append(record)
+    teachers = {r["system"]["teacher"]["sha256"] for _, r in records if r["system"].get("teacher")}
     rows = []
     for name, members in sorted(groups.items()):
         system = members[0]["system"]
         rows.append({
             "system": name, "method": system["method"], "model": system["model"],
+            "is_teacher": any(r["checkpoint"]["sha256"] in teachers for r in members),
             "label_smoothing": system["label_smoothing"], "teacher_label_smoothing": system["teacher_label_smoothing"],
             "temperature": system["kd_temperature"], "alpha": system["kd_alpha"], "data": data_label(members[0]["data"]),
             "seeds": len(members), "top1": [r["scores"]["top1"] for r in members],
-            "top5": [r["scores"].get("top5") for r in members if "top5" in r["scores"]],
+            "top5": [r["scores"]["top5"] for r in members if "top5" in r["scores"]],
             "one_minus_s": [r["scores"]["one_minus_s"] for r in members],
             "ece": [r["scores"]["ece_15_bins"] for r in members], "records": members,
         })
@@ -104,17 +101,46 @@ def classification_provenance(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def classification_section(run_dir: Path, report_dir: Path) -> ClassificationSection | None:
-    """The markdown (table, plot; provenance) for the run's classification records; None when there are none."""
+def summary_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """The paper's question per split: teachers' accuracy and stability, then each student's LS-teacher gain."""
+    lines = []
+    for data in sorted({row["data"] for row in rows}):
+        teachers = [r for r in rows if r["data"] == data and r["is_teacher"]]
+        if teachers:
+            lines.append(f"{data} teachers: " + " | ".join(
+                f"LS {_fmt(r['label_smoothing'])}: top-1 {mean_sd(r['top1'])}, 1 - S "
+                f"{statistics.mean(r['one_minus_s']):.4f}, ECE {statistics.mean(r['ece']):.4f}" for r in teachers))
+        students: dict[tuple[str, float], dict[Any, float]] = defaultdict(dict)
+        for row in rows:
+            if row["data"] == data and row["temperature"] is not None:
+                students[(row["model"], row["temperature"])][row["teacher_label_smoothing"]] = statistics.mean(row["top1"])
+        for (model, temperature), by_teacher in sorted(students.items()):
+            if len(by_teacher) == 2 and 0 in by_teacher:
+                smoothed = next(ls for ls in by_teacher if ls != 0)
+                gap = by_teacher[smoothed] - by_teacher[0]
+                lines.append(f"{data} {model} students, T={_fmt(temperature)}: teacher LS {_fmt(smoothed)} "
+                             f"{by_teacher[smoothed]:.2f}, LS 0 {by_teacher[0]:.2f} (LS teacher - non-LS teacher: "
+                             f"{gap:+.2f} top-1)")
+    return lines
+
+
+def write_classification_report(run_dir: Path, out: Path | None = None, note: str | None = None) -> Path:
+    """``report.md`` for a run of lskd-train models: summary, table, top-1 vs T, pictures, provenance."""
     rows = classification_rows(run_dir)
-    if not rows:
-        return None
-    plot = plot_top1_vs_temperature(rows, report_dir / "plots" / "top1_vs_temperature.png")
-    parts = ["## Image classification", "", classification_table(rows), "",
-             "top-1/top-5: % of the test split; mean ± sd over seeds. LS: the model's own label smoothing "
-             "(eps spread over the C - 1 other classes). 1 - S: stability (Shen et al. Eq. 2) of the model's "
-             "test-set softmax, grouped by gold class; ECE: 15 bins. LT r: long-tailed training split, "
-             "n_max / n_min = r.", ""]
+    out = out or run_dir / "report.md"
+    plot = plot_top1_vs_temperature(rows, out.parent / "plots" / "top1_vs_temperature.png")
+    parts = [f"# LSKD report: {run_dir}", "", "## Summary", "", *[f"- {line}" for line in summary_lines(rows)], ""]
+    if note:
+        parts += [f"Settings: {note}", ""]
+    parts += ["## Results (image classification)", "", classification_table(rows), "",
+              "top-1/top-5: % of the test split; mean ± sd over seeds. LS: the model's own label smoothing "
+              "(eps spread over the C - 1 other classes); teacher LS: its teacher's. 1 - S: stability (Shen et al. "
+              "Eq. 2) of the model's test-set softmax, grouped by gold class; ECE: 15 bins. Data: balanced, or "
+              "LT r, a long-tailed training split with n_max / n_min = r (the test split stays balanced).", ""]
     if plot:
-        parts += [f"![top-1 vs temperature]({plot.relative_to(report_dir)})", ""]
-    return ClassificationSection("\n".join(parts), classification_provenance(rows), plot)
+        parts += [f"![top-1 vs temperature]({plot.relative_to(out.parent)})", ""]
+    pictures = sorted(out.parent.rglob("*.png"))
+    parts += [f"![{p.stem}]({p.relative_to(out.parent)})" for p in pictures if p != plot] + [""]
+    parts += [classification_provenance(rows), f"Report made by `{provenance()['command']}` at {provenance()['created']}."]
+    out.write_text("\n".join(parts) + "\n", encoding="utf-8")
+    return out

@@ -91,6 +91,10 @@ class StabilityAccumulator:
         self.sum.index_add_(0, slots, probs.double())
         self.sum_sq_norm.index_add_(0, slots, torch.linalg.vecdot(probs, probs).double())
 
+    def state_tensors(self) -> list[torch.Tensor]:
+        """The sums this accumulator keeps; adding them in place across workers (all_reduce) merges their passes."""
+        return [self.count, self.sum, self.sum_sq_norm]
+
     def per_class(self) -> dict[int, float]:
         """Intra-class variance ``(1/n_c) sum ||p_i - mean_c||^2`` of every class seen."""
         seen = self.count > 0
@@ -113,7 +117,7 @@ class CalibrationAccumulator:
         self.count = torch.zeros(bins, dtype=torch.float64)
         self.confidence = torch.zeros(bins, dtype=torch.float64)
         self.correct = torch.zeros(bins, dtype=torch.float64)
-        self.entropy = 0.0
+        self.entropy = torch.zeros((), dtype=torch.float64)  # summed, in nats
 
     @torch.no_grad()
     def update(self, probs: torch.Tensor, labels: torch.Tensor, log_probs: torch.Tensor | None = None) -> None:
@@ -127,7 +131,11 @@ class CalibrationAccumulator:
         self.confidence.index_add_(0, index, confidence)
         self.correct.index_add_(0, index, prediction.eq(labels).double())
         log_probs = probs.log() if log_probs is None else log_probs.detach().cpu()
-        self.entropy += float(-expected_log_prob(probs, log_probs).double().sum())
+        self.entropy += -expected_log_prob(probs, log_probs).double().sum()
+
+    def state_tensors(self) -> list[torch.Tensor]:
+        """The sums this accumulator keeps; adding them in place across workers (all_reduce) merges their passes."""
+        return [self.count, self.confidence, self.correct, self.entropy]
 
     @property
     def total(self) -> float:
@@ -144,4 +152,4 @@ class CalibrationAccumulator:
 
     def mean_entropy(self) -> float:
         """Mean entropy in nats."""
-        return self.entropy / self.total if self.total else 0.0
+        return float(self.entropy) / self.total if self.total else 0.0

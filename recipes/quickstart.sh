@@ -8,6 +8,8 @@
 # writes RUN_DIR/report.md with a five-line summary.
 # Jobs run two at a time, one core each. Re-running skips every finished stage.
 #
+#   bash recipes/quickstart.sh [--dry-run]     (--dry-run: print every command, run nothing)
+#
 # Budget knobs (environment variables):
 #   LSKD_PROFILE=default|smoke|long  default: ~45 minutes on a 2-core CPU machine;
 #                                    smoke: a few minutes (tiny data slice, 30 updates), for CI;
@@ -26,7 +28,13 @@
 #                                    `lskd-prepare text ... --out DIR` (its test split is scored)
 #   LSKD_PICTURE_TOKENS="a b c"      three target SentencePiece pieces for the penultimate-layer
 #                                    picture (default "▁God ▁Lord ▁water")
-source "$(dirname "${BASH_SOURCE[0]}")/env.sh" plots
+set -euo pipefail
+if [ "${1:-}" = --dry-run ]; then export LSKD_DRY_RUN=1; shift; fi
+if [ "${LSKD_DRY_RUN:-0}" = 1 ]; then
+  LSKD_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+else
+  source "$(dirname "${BASH_SOURCE[0]}")/env.sh" plots
+fi
 source "$LSKD_ROOT/recipes/lib.sh"
 cd "$LSKD_ROOT"
 
@@ -42,19 +50,17 @@ STUDENT_UPDATES=${LSKD_STUDENT_UPDATES:-$STUDENT_UPDATES}
 KD_ALPHA=${LSKD_KD_ALPHA:-0.5}
 DISTILL_BEAM=${LSKD_DISTILL_BEAM:-1}
 SEED=${LSKD_SEED:-1}
-JOBS=$(( $(nproc) / LSKD_THREADS_PER_JOB > 1 ? $(nproc) / LSKD_THREADS_PER_JOB : 1 ))
 RUN=${LSKD_RUN_DIR:-runs/quickstart${LIMIT_TRAIN:+-smoke}}
 DATA=${LSKD_DATA_DIR:-data/bible-de-en-4k${LIMIT_TRAIN:+-smoke}}
-mkdir -p "$RUN"
 started=$(date +%s)
 
 if [ -n "${LSKD_PREPARED:-}" ]; then
   DATA=$LSKD_PREPARED
   stage "your prepared corpus: $DATA"
-  [ -f "$DATA/prep.json" ] || { echo "$DATA has no prep.json: make it with lskd-prepare text ... --out $DATA" >&2; exit 2; }
+  [ "$LSKD_DRY_RUN" = 1 ] || [ -f "$DATA/prep.json" ] || { echo "$DATA has no prep.json: make it with lskd-prepare text ... --out $DATA" >&2; exit 2; }
 else
   stage "prepare the Bible De-En corpus (test = John, valid = Ruth + Philemon) in $DATA"
-  lskd-prepare bible --out "$DATA" --vocab-size 4000 $LIMIT_TRAIN
+  invoke - lskd-prepare bible --out "$DATA" --vocab-size 4000 $LIMIT_TRAIN
 fi
 TOKENS=${LSKD_PICTURE_TOKENS:-▁God ▁Lord ▁water}
 PICTURE=${TOKENS//▁/}; PICTURE=$RUN/plots/penultimate_${PICTURE// /_}.png
@@ -79,29 +85,28 @@ for ls in 0.1 0; do
 done
 wait_all "teacher evaluation"
 
-stage "students ($STUDENT_UPDATES updates each, seed $SEED, $JOBS at a time): word-level KD at T = 1 (alpha $KD_ALPHA) and sequence-level KD (beam $DISTILL_BEAM) from each teacher, and the gold-data baseline"
+stage "students ($STUDENT_UPDATES updates each, seed $SEED, $LSKD_JOBS at a time): word-level KD at T = 1 (alpha $KD_ALPHA) and sequence-level KD (beam $DISTILL_BEAM) from each teacher, and the gold-data baseline"
 # Longest jobs first, so the cores finish together.
 logs=()
 for ls in 0.1 0; do
   teacher=$RUN/teacher_ls$ls
   background seqkd_job "$teacher" "$RUN/distilled_ls$ls" "$RUN/student_seqkd_ls${ls}_seed$SEED"
-  at_most "$JOBS"
+  at_most "$LSKD_JOBS"
   background student_job "$DATA/bin" "$RUN/student_wordkd_ls${ls}_T1_seed$SEED" "$STUDENT_UPDATES" "$SEED" \
     $(word_kd_args "$teacher/checkpoint_last.pt" 1 "$KD_ALPHA")
-  at_most "$JOBS"
+  at_most "$LSKD_JOBS"
   logs+=("$RUN/student_seqkd_ls${ls}_seed$SEED/train.log" "$RUN/student_wordkd_ls${ls}_T1_seed$SEED/train.log")
 done
 background student_job "$DATA/bin" "$RUN/student_gold_seed$SEED" "$STUDENT_UPDATES" "$SEED"
 wait_all "students" "${logs[@]}" "$RUN/student_gold_seed$SEED/train.log"
 
 stage "draw both teachers' penultimate layers"
-mkdir -p "$RUN/plots"
 penultimate_picture "$PICTURE" "$DATA" "$TOKENS" \
   "$RUN/teacher_ls0.1/checkpoint_last.pt" "$RUN/teacher_ls0/checkpoint_last.pt"
 
 stage "results ($(( ($(date +%s) - started) / 60 )) min this run)"
-lskd-eval table "$RUN"/*/eval/bleu-test.json
-lskd-report "$RUN" --summary --note "profile $PROFILE: teachers $UPDATES updates (3+3 layers, 256 dims), \
+invoke - lskd-eval table "$RUN"/*/eval/bleu-test.json
+invoke - lskd-report "$RUN" --summary --note "profile $PROFILE: teachers $UPDATES updates (3+3 layers, 256 dims), \
 students $STUDENT_UPDATES updates (3+3 layers, 128 dims, LS 0, seed $SEED), word-KD T = 1 alpha $KD_ALPHA with the \
 full online teacher distribution, sequence-level KD on the teacher's beam-$DISTILL_BEAM decoding of every training \
-source, test decoding beam $BEAM, $JOBS jobs side by side on $(nproc) cores; $(( ($(date +%s) - started) / 60 )) min this run."
+source, test decoding beam $BEAM, $LSKD_JOBS jobs side by side on $LSKD_CORES cores; $(( ($(date +%s) - started) / 60 )) min this run."

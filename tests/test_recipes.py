@@ -1,15 +1,17 @@
-"""Recipes' --dry-run: the commands a GPU user would run, checked without running them."""
+"""Recipes: the --dry-run commands a GPU user would run, and the smoke quickstart end to end."""
 import shlex
 import subprocess
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def dry_run(*args: str, **env: str) -> list[list[str]]:
-    result = subprocess.run(["bash", str(REPO / "recipes" / "iwslt14_de_en.sh"), "--dry-run", *args],
+def dry_run(*args: str, recipe: str = "iwslt14_de_en.sh", **env: str) -> list[list[str]]:
+    result = subprocess.run(["bash", str(REPO / "recipes" / recipe), "--dry-run", *args],
                             capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", **env})
     assert result.returncode == 0, result.stderr
     return [shlex.split(line) for line in result.stdout.splitlines()]
@@ -50,3 +52,67 @@ def test_iwslt14_dry_run_shards_sequence_level_decoding():
     commands = dry_run("/data/de-en.tgz", SEEDS="1", DISTILL_SHARDS="2")
     distill = [c for c in commands if c[0] == "lskd-distill-corpus"]
     assert [(c[c.index("--shard-id") + 1], c[c.index("--num-shards") + 1]) for c in distill] == [("0", "2"), ("1", "2")] * 2
+
+
+def test_bible_temperature_sweep_dry_run_lists_every_student_and_parses():
+    from fairseq import options
+
+    commands = dry_run(recipe="bible_temperature_sweep.sh", SEEDS="1 2", TEMPERATURES="1 2 3 64")
+    trains = [c[1:] for c in commands if c[0] == "fairseq-train"]
+    assert len(trains) == 2 + 2 * 2 * 4 + 2  # teachers; per seed 4 T x 2 teachers; a gold student per seed
+    assert Counter(c[1] for c in commands if c[0] == "lskd-eval") == {"bleu": len(trains), "stability": 2}
+    kd = [options.parse_args_and_arch(options.get_training_parser(), input_args=c) for c in trains
+          if "label_smoothed_cross_entropy_with_kd" in c]
+    assert Counter((a.kd_temperature, a.teacher_path.split("/")[-2]) for a in kd) == {
+        (t, f"teacher_ls{ls}"): 2 for t in (1.0, 2.0, 3.0, 64.0) for ls in ("0.1", "0")}
+    assert {(a.encoder_embed_dim, a.label_smoothing, a.kd_alpha) for a in kd} == {(128, 0.0, 0.5)}
+    assert commands[-1][:2] == ["lskd-report", "runs/bible_temperature_sweep"]
+
+
+def test_bible_temperature_sweep_can_reuse_the_quickstarts_teachers():
+    commands = dry_run(recipe="bible_temperature_sweep.sh", SEEDS="1", TEMPERATURES="2", LSKD_TEACHERS="runs/quickstart")
+    trains = [c for c in commands if c[0] == "fairseq-train"]
+    assert len(trains) == 2 + 1  # no teacher is trained
+    assert all("runs/quickstart/teacher_ls" in c[c.index("--teacher-path") + 1] for c in trains if "--teacher-path" in c)
+
+
+def run_quickstart(run_dir: Path, data_dir: Path) -> subprocess.CompletedProcess:
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(run_dir.parent), "LSKD_PROFILE": "smoke",
+           "LSKD_RUN_DIR": str(run_dir), "LSKD_DATA_DIR": str(data_dir)}
+    result = subprocess.run(["bash", str(REPO / "recipes" / "quickstart.sh")], capture_output=True, text=True,
+                            env=env, cwd=REPO)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    return result
+
+
+@pytest.mark.slow
+def test_smoke_quickstart_end_to_end_fills_the_report_and_reruns_nothing(tmp_path):
+    run_dir, data_dir = tmp_path / "run", tmp_path / "data"
+    first = run_quickstart(run_dir, data_dir).stdout
+    systems = {"teacher_ls0.1", "teacher_ls0", "student_gold", "student_wordkd_ls0.1_T1", "student_wordkd_ls0_T1",
+               "student_seqkd_ls0.1", "student_seqkd_ls0"}
+    table = [line for line in (run_dir / "report.md").read_text().splitlines() if line.startswith("| ")]
+    header, rows = [c.strip() for c in table[0].strip("|").split("|")], table[1:]
+    assert header == ["system", "method", "teacher", "LS", "seeds", "BLEU", "chrF", "TER", "1 - S", "ECE"]
+    cells = {row.split("|")[1].strip(): [c.strip() for c in row.strip("|").split("|")] for row in rows}
+    assert set(cells) == systems
+    for name, row in cells.items():
+        assert len(row) == len(header) and all(c not in ("", "-", "n/a") for c in row), (name, row)
+        assert all(float(c) >= 0 for c in row[5:]), (name, row)  # BLEU, chrF, TER, 1 - S, ECE are numbers
+    assert cells["student_seqkd_ls0.1"][1:3] == ["seq-KD beam 1", "LS 0.1"]
+    assert cells["student_wordkd_ls0_T1"][1:3] == ["word-KD T=1 α=0.5", "LS 0"]
+    assert cells["student_gold"][1:3] == ["CE", "none"]
+    # the five-line summary: teachers, the two KD methods by teacher, the gold baseline, the report
+    summary = first.splitlines()[-5:]
+    assert summary[0].startswith("teachers: ") and summary[-1] == f"report: {run_dir}/report.md"
+    assert sum("(LS teacher - non-LS teacher: " in line for line in summary) == 2
+    # nothing lost: the distilled corpora hold one target per training source
+    for ls in ("0.1", "0"):
+        assert len((run_dir / f"distilled_ls{ls}" / "raw" / "train.en").read_text().splitlines()) == 1000
+    checkpoints = {p: p.stat().st_mtime_ns for p in run_dir.rglob("checkpoint_last.pt")}
+    assert len(checkpoints) == 7
+
+    second = run_quickstart(run_dir, data_dir).stdout
+    assert "training (log" not in second and "decoding the training sources" not in second
+    assert second.count("skipping") >= 7 + 7 + 7 + 2  # trained, scored, analysed; distilled
+    assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("checkpoint_last.pt")} == checkpoints

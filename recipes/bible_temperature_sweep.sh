@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Temperature sweep on the Bible De-En data, on CPU: the NMT counterpart of Chandrasegaran et al.'s
+# table (PAPER.md). Two teachers (label smoothing 0.1 and 0), then for each teacher, temperature T
+# and seed a word-level KD student, plus a gold-data student per seed; BLEU/chrF/TER on John for
+# all, stability and ECE for the teachers; RUN_DIR/report.md with BLEU against T per teacher.
+#
+#   bash recipes/bible_temperature_sweep.sh [--dry-run]
+#
+# --dry-run prints every command, in order, and runs nothing.
+# Default size: 24 KD students + 3 baselines of 500 updates, 2 at a time: about 2 hours on a 2-core
+# CPU machine (about 1h40 when the quickstart's teachers are reused). Knobs (environment):
+#   TEMPERATURES ("1 2 3 64"), SEEDS ("1 2 3"), LSKD_KD_ALPHA (0.5), LSKD_TEACHER_UPDATES (800),
+#   LSKD_STUDENT_UPDATES (500), LSKD_RUN_DIR (runs/bible_temperature_sweep), LSKD_DATA_DIR
+#   (data/bible-de-en-4k, shared with the quickstart), LSKD_DEVICE (cpu|gpu),
+#   LSKD_TEACHERS=DIR  reuse the teachers DIR/teacher_ls0.1 and DIR/teacher_ls0 (e.g. runs/quickstart)
+#                      instead of training them again
+set -euo pipefail
+if [ "${1:-}" = --dry-run ]; then export LSKD_DRY_RUN=1; shift; fi
+if [ "${LSKD_DRY_RUN:-0}" = 1 ]; then
+  LSKD_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+else
+  source "$(dirname "${BASH_SOURCE[0]}")/env.sh" plots
+fi
+source "$LSKD_ROOT/recipes/lib.sh"
+cd "$LSKD_ROOT"
+
+TEMPERATURES=${TEMPERATURES:-1 2 3 64}
+SEEDS=${SEEDS:-1 2 3}
+KD_ALPHA=${LSKD_KD_ALPHA:-0.5}
+TEACHER_UPDATES=${LSKD_TEACHER_UPDATES:-800}
+STUDENT_UPDATES=${LSKD_STUDENT_UPDATES:-500}
+RUN=${LSKD_RUN_DIR:-runs/bible_temperature_sweep}
+DATA=${LSKD_DATA_DIR:-data/bible-de-en-4k}
+TEACHERS=${LSKD_TEACHERS:-$RUN}
+BEAM=5
+started=$(date +%s)
+
+stage "prepare the Bible De-En corpus in $DATA"
+done_already "$DATA/prep.json" || invoke "$DATA.prepare.log" lskd-prepare bible --out "$DATA" --vocab-size 4000
+
+stage "teachers ($TEACHERS): label smoothing 0.1 and 0, $TEACHER_UPDATES updates each"
+for ls in 0.1 0; do
+  if [ -n "${LSKD_TEACHERS:-}" ]; then
+    [ "$LSKD_DRY_RUN" = 1 ] || [ -f "$TEACHERS/teacher_ls$ls/checkpoint_last.pt" ] \
+      || { echo "LSKD_TEACHERS=$TEACHERS has no teacher_ls$ls/checkpoint_last.pt" >&2; exit 2; }
+  else
+    background train_teacher "$DATA/bin" "$TEACHERS/teacher_ls$ls" "$ls" "$TEACHER_UPDATES"
+  fi
+done
+wait_all "teacher training" "$TEACHERS/teacher_ls0.1/train.log" "$TEACHERS/teacher_ls0/train.log"
+score_and_analyse() { evaluate_bleu "$1" "$DATA" "$BEAM" && analyse_model "$1" "$DATA"; }
+for ls in 0.1 0; do
+  background score_and_analyse "$TEACHERS/teacher_ls$ls"
+done
+wait_all "teacher evaluation"
+
+stage "students ($STUDENT_UPDATES updates, $LSKD_JOBS at a time): word-level KD at T in {$TEMPERATURES} (alpha $KD_ALPHA) from each teacher, seeds {$SEEDS}, and a gold-data student per seed"
+student_job() { train_student "$@" && evaluate_bleu "$2" "$DATA" "$BEAM"; }
+for seed in $SEEDS; do
+  for t in $TEMPERATURES; do
+    for ls in 0.1 0; do
+      background student_job "$DATA/bin" "$RUN/student_wordkd_ls${ls}_T${t}_seed$seed" "$STUDENT_UPDATES" "$seed" \
+        $(word_kd_args "$TEACHERS/teacher_ls$ls/checkpoint_last.pt" "$t" "$KD_ALPHA")
+      at_most "$LSKD_JOBS"
+    done
+  done
+  background student_job "$DATA/bin" "$RUN/student_gold_seed$seed" "$STUDENT_UPDATES" "$seed"
+  at_most "$LSKD_JOBS"
+done
+wait_all "students"
+
+stage "report ($(( ($(date +%s) - started) / 60 )) min this run)"
+invoke "$RUN/report.log" lskd-report "$RUN" --summary --note "teachers $TEACHER_UPDATES updates (3+3 layers, 256 \
+dims, from $TEACHERS), students $STUDENT_UPDATES updates (3+3 layers, 128 dims, LS 0), word-KD alpha $KD_ALPHA with the \
+full online teacher distribution, seeds $SEEDS, test decoding beam $BEAM"
+[ "$LSKD_DRY_RUN" = 1 ] || cat "$RUN/report.log"
