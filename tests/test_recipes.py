@@ -76,6 +76,20 @@ def test_bible_temperature_sweep_can_reuse_the_quickstarts_teachers():
     assert all("runs/quickstart/teacher_ls" in c[c.index("--teacher-path") + 1] for c in trains if "--teacher-path" in c)
 
 
+def test_quickstart_dry_run_lists_teachers_students_and_report():
+    commands = dry_run(recipe="quickstart.sh")
+    programs = Counter(" ".join(c[:2]) if c[0] == "lskd-eval" else c[0] for c in commands)
+    assert programs == {"lskd-prepare": 1, "fairseq-train": 2 + 5, "lskd-distill-corpus": 2, "lskd-eval bleu": 7,
+                        "lskd-eval stability": 7, "lskd-eval project": 1, "lskd-eval table": 1, "lskd-report": 1}
+    seqkd = [c for c in commands if c[0] == "fairseq-train" and c[1].endswith("/bin") and "distilled_ls" in c[1]]
+    assert sorted(c[1] for c in seqkd) == ["runs/quickstart/distilled_ls0.1/bin", "runs/quickstart/distilled_ls0/bin"]
+    distill = [c for c in commands if c[0] == "lskd-distill-corpus"]
+    assert all(c[c.index("--beam") + 1] == "1" for c in distill)
+    smoke = dry_run(recipe="quickstart.sh", LSKD_PROFILE="smoke")
+    assert smoke[0][-2:] == ["--limit-train", "1000"]
+    assert {c[c.index("--max-update") + 1] for c in smoke if c[0] == "fairseq-train"} == {"30"}
+
+
 def run_quickstart(run_dir: Path, data_dir: Path) -> subprocess.CompletedProcess:
     env = {"PATH": "/usr/bin:/bin", "HOME": str(run_dir.parent), "LSKD_PROFILE": "smoke",
            "LSKD_RUN_DIR": str(run_dir), "LSKD_DATA_DIR": str(data_dir)}
