@@ -163,6 +163,12 @@ def plot_bleu_vs_temperature(rows: list[dict[str, Any]], path: Path) -> Path | N
         if row["temperature"] is not None and row["bleu"]:
             series[f"teacher LS {_fmt(row['teacher_label_smoothing'])}"].append(
                 (row["temperature"], statistics.mean(row["bleu"])))
+    return plot_against_temperature(series, "BLEU (sacrebleu)", path)
+
+
+def plot_against_temperature(series: dict[str, list[tuple[float, float]]], ylabel: str, path: Path,
+                             legend_size: int | None = None) -> Path | None:
+    """One line per series of (T, score) points, T on a log2 axis; None when there is nothing to draw."""
     if not series:
         return None
     import matplotlib
@@ -170,14 +176,14 @@ def plot_bleu_vs_temperature(rows: list[dict[str, Any]], path: Path) -> Path | N
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(5, 3.5), dpi=100)
+    figure, axis = plt.subplots(figsize=(6, 4), dpi=100)
     for label, points in sorted(series.items()):
-        points.sort()
-        axis.plot([t for t, _ in points], [b for _, b in points], marker="o", label=label)
+        points = sorted(points)
+        axis.plot([t for t, _ in points], [v for _, v in points], marker="o", label=label)
     axis.set_xscale("log", base=2)
     axis.set_xlabel("temperature T")
-    axis.set_ylabel("BLEU (sacrebleu)")
-    axis.legend()
+    axis.set_ylabel(ylabel)
+    axis.legend(fontsize=legend_size)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path)

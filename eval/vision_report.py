@@ -12,7 +12,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from eval.report import _fmt, load_records, mean_sd, system_name
+from eval.report import _fmt, load_records, mean_sd, plot_against_temperature, system_name
 from lskd.provenance import provenance
 
 
@@ -63,26 +63,7 @@ def plot_top1_vs_temperature(rows: list[dict[str, Any]], path: Path) -> Path | N
         if row["temperature"] is not None:
             label = f"{row['model']}, teacher LS {_fmt(row['teacher_label_smoothing'])}, {row['data']}"
             series[label].append((row["temperature"], statistics.mean(row["top1"])))
-    if not series:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(6, 4), dpi=100)
-    for label, points in sorted(series.items()):
-        points.sort()
-        axis.plot([t for t, _ in points], [a for _, a in points], marker="o", label=label)
-    axis.set_xscale("log", base=2)
-    axis.set_xlabel("temperature T")
-    axis.set_ylabel("test top-1 (%)")
-    axis.legend(fontsize=7)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
-    plt.close(figure)
-    return path
+    return plot_against_temperature(series, "test top-1 (%)", path, legend_size=7)
 
 
 def classification_provenance(rows: list[dict[str, Any]]) -> str:
