@@ -220,20 +220,29 @@ def write_report(run_dir: Path, out: Path | None = None, note: str | None = None
         raise FileNotFoundError(f"no bleu-*.json records under {run_dir}: run lskd-eval bleu first")
     out = out or run_dir / "report.md"
     plot = plot_bleu_vs_temperature(rows, out.parent / "plots" / "bleu_vs_temperature.png")
-    parts = [f"# LSKD report: {run_dir}", "", "## Summary", "", *[f"- {line}" for line in summary_lines(rows)], ""]
-    if note:
-        parts += [f"Settings: {note}", ""]
-    parts += ["## Results", "", markdown_table(rows), "",
-              "BLEU/chrF/TER: sacrebleu on detokenized output against raw references (signatures below); "
+    legend = ("BLEU/chrF/TER: sacrebleu on detokenized output against raw references (signatures below); "
               "mean ± sd over seeds. LS: the system's own label smoothing (fairseq convention, eps spread over "
               "V - 1 classes); teacher: the label smoothing of the model it learned from. 1 - S: stability "
               "(Shen et al. Eq. 2) over the most frequent gold tokens; ECE: 15 bins. Both from a teacher-forced "
-              "pass.", ""]
-    if plot:
-        parts += [f"![BLEU vs temperature]({plot.relative_to(out.parent)})", ""]
+              "pass.")
+    return assemble_report(out, run_dir, summary_lines(rows), note, ["## Results", "", markdown_table(rows), "", legend],
+                           (plot, "BLEU vs temperature"), provenance_section(rows))
+
+
+def assemble_report(out: Path, run_dir: Path, summary: list[str], note: str | None, results: list[str],
+                    plot: tuple[Path | None, str], provenance_markdown: str) -> Path:
+    """The report layout shared by NMT and classification runs: summary, settings, results, the
+    temperature plot, every other picture under the report's folder, provenance."""
+    parts = [f"# LSKD report: {run_dir}", "", "## Summary", "", *[f"- {line}" for line in summary], ""]
+    if note:
+        parts += [f"Settings: {note}", ""]
+    parts += [*results, ""]
+    plot_path, plot_title = plot
+    if plot_path:
+        parts += [f"![{plot_title}]({plot_path.relative_to(out.parent)})", ""]
     pictures = sorted(out.parent.rglob("*.png"))
-    parts += [f"![{p.stem}]({p.relative_to(out.parent)})" for p in pictures if p != plot] + [""]
-    parts += [provenance_section(rows), f"Report made by `{provenance()['command']}` at {provenance()['created']}."]
+    parts += [f"![{p.stem}]({p.relative_to(out.parent)})" for p in pictures if p != plot_path] + [""]
+    parts += [provenance_markdown, f"Report made by `{provenance()['command']}` at {provenance()['created']}."]
     out.write_text("\n".join(parts) + "\n", encoding="utf-8")
     return out
 

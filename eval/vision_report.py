@@ -12,8 +12,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from eval.report import _fmt, load_records, mean_sd, plot_against_temperature, system_name
-from lskd.provenance import provenance
+from eval.report import _fmt, assemble_report, load_records, mean_sd, plot_against_temperature, system_name
 
 
 def data_label(data: dict[str, Any]) -> str:
@@ -110,18 +109,10 @@ def write_classification_report(run_dir: Path, out: Path | None = None, note: st
     rows = classification_rows(run_dir)
     out = out or run_dir / "report.md"
     plot = plot_top1_vs_temperature(rows, out.parent / "plots" / "top1_vs_temperature.png")
-    parts = [f"# LSKD report: {run_dir}", "", "## Summary", "", *[f"- {line}" for line in summary_lines(rows)], ""]
-    if note:
-        parts += [f"Settings: {note}", ""]
-    parts += ["## Results (image classification)", "", classification_table(rows), "",
-              "top-1/top-5: % of the test split; mean ± sd over seeds. LS: the model's own label smoothing "
+    legend = ("top-1/top-5: % of the test split; mean ± sd over seeds. LS: the model's own label smoothing "
               "(eps spread over the C - 1 other classes); teacher LS: its teacher's. 1 - S: stability (Shen et al. "
               "Eq. 2) of the model's test-set softmax, grouped by gold class; ECE: 15 bins. Data: balanced, or "
-              "LT r, a long-tailed training split with n_max / n_min = r (the test split stays balanced).", ""]
-    if plot:
-        parts += [f"![top-1 vs temperature]({plot.relative_to(out.parent)})", ""]
-    pictures = sorted(out.parent.rglob("*.png"))
-    parts += [f"![{p.stem}]({p.relative_to(out.parent)})" for p in pictures if p != plot] + [""]
-    parts += [classification_provenance(rows), f"Report made by `{provenance()['command']}` at {provenance()['created']}."]
-    out.write_text("\n".join(parts) + "\n", encoding="utf-8")
-    return out
+              "LT r, a long-tailed training split with n_max / n_min = r (the test split stays balanced).")
+    return assemble_report(out, run_dir, summary_lines(rows), note,
+                           ["## Results (image classification)", "", classification_table(rows), "", legend],
+                           (plot, "top-1 vs temperature"), classification_provenance(rows))

@@ -16,11 +16,7 @@
 #                      instead of training them again
 set -euo pipefail
 if [ "${1:-}" = --dry-run ]; then export LSKD_DRY_RUN=1; shift; fi
-if [ "${LSKD_DRY_RUN:-0}" = 1 ]; then
-  LSKD_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-else
-  source "$(dirname "${BASH_SOURCE[0]}")/env.sh" plots
-fi
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh" plots
 source "$LSKD_ROOT/recipes/lib.sh"
 cd "$LSKD_ROOT"
 
@@ -48,17 +44,18 @@ for ls in 0.1 0; do
   fi
 done
 wait_all "teacher training" "$TEACHERS/teacher_ls0.1/train.log" "$TEACHERS/teacher_ls0/train.log"
-score_and_analyse() { evaluate_bleu "$1" "$DATA" "$BEAM" && analyse_model "$1" "$DATA"; }
 for ls in 0.1 0; do
-  background score_and_analyse "$TEACHERS/teacher_ls$ls"
+  background score_and_analyse "$TEACHERS/teacher_ls$ls" "$DATA" "$BEAM"
 done
 wait_all "teacher evaluation"
 
 stage "students ($STUDENT_UPDATES updates, $LSKD_JOBS at a time): word-level KD at T in {$TEMPERATURES} (alpha $KD_ALPHA) from each teacher, seeds {$SEEDS}, and a gold-data student per seed"
+logs=()
 student_job() { train_student "$@" && evaluate_bleu "$2" "$DATA" "$BEAM"; }
 for seed in $SEEDS; do
   for t in $TEMPERATURES; do
     for ls in 0.1 0; do
+      logs+=("$RUN/student_wordkd_ls${ls}_T${t}_seed$seed/train.log")
       background student_job "$DATA/bin" "$RUN/student_wordkd_ls${ls}_T${t}_seed$seed" "$STUDENT_UPDATES" "$seed" \
         $(word_kd_args "$TEACHERS/teacher_ls$ls/checkpoint_last.pt" "$t" "$KD_ALPHA")
       at_most "$LSKD_JOBS"
@@ -67,7 +64,7 @@ for seed in $SEEDS; do
   background student_job "$DATA/bin" "$RUN/student_gold_seed$seed" "$STUDENT_UPDATES" "$seed"
   at_most "$LSKD_JOBS"
 done
-wait_all "students"
+wait_all "students" "${logs[@]}" "$RUN"/student_gold_seed*/train.log
 
 stage "report ($(( ($(date +%s) - started) / 60 )) min this run)"
 invoke "$RUN/report.log" lskd-report "$RUN" --summary --note "teachers $TEACHER_UPDATES updates (3+3 layers, 256 \

@@ -5,6 +5,9 @@
 # A GPU user installs their own CUDA torch into the environment first; it is kept (see README).
 set -euo pipefail
 LSKD_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+export LSKD_ROOT
+# A dry run (LSKD_DRY_RUN=1: the recipes only print their commands) needs no environment.
+if [ "${LSKD_DRY_RUN:-0}" = 1 ]; then return 0; fi
 LSKD_VENV=${LSKD_VENV:-$LSKD_ROOT/.venv}
 lskd_extras=${1:-}
 
@@ -33,4 +36,3 @@ if [ "$lskd_have_hash" != "$lskd_hash" ] || [ "$lskd_extras" != "$lskd_have_extr
   echo "$lskd_hash $lskd_extras" > "$LSKD_VENV/.lskd-installed"
 fi
 export PATH="$LSKD_VENV/bin:$PATH"
-export LSKD_ROOT

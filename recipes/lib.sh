@@ -120,6 +120,9 @@ analyse_model() {
   say "$dir: $(grep -m 1 '^1 - S' "$dir/stability.log" 2>/dev/null)"
 }
 
+# score_and_analyse RUN_DIR DATA_DIR BEAM: BLEU on the test split, then stability and calibration
+score_and_analyse() { evaluate_bleu "$1" "$2" "$3" && analyse_model "$1" "$2"; }
+
 # penultimate_picture OUT.png DATA_DIR "TOKEN TOKEN TOKEN" CHECKPOINT... : Müller-style projection of
 # three target tokens (SentencePiece pieces, e.g. "▁God ▁Lord ▁water")
 penultimate_picture() {

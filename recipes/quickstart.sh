@@ -30,11 +30,7 @@
 #                                    picture (default "▁God ▁Lord ▁water")
 set -euo pipefail
 if [ "${1:-}" = --dry-run ]; then export LSKD_DRY_RUN=1; shift; fi
-if [ "${LSKD_DRY_RUN:-0}" = 1 ]; then
-  LSKD_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-else
-  source "$(dirname "${BASH_SOURCE[0]}")/env.sh" plots
-fi
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh" plots
 source "$LSKD_ROOT/recipes/lib.sh"
 cd "$LSKD_ROOT"
 
@@ -65,10 +61,9 @@ fi
 TOKENS=${LSKD_PICTURE_TOKENS:-▁God ▁Lord ▁water}
 PICTURE=${TOKENS//▁/}; PICTURE=$RUN/plots/penultimate_${PICTURE// /_}.png
 
-# Jobs: score a model and analyse it; train a student and score it; decode a teacher's corpus, then
-# train a sequence-level KD student on it.
-score_and_analyse() { evaluate_bleu "$1" "$DATA" "$BEAM" && analyse_model "$1" "$DATA"; }
-student_job() { train_student "$@" && score_and_analyse "$2"; }
+# Jobs: train a student and score it; decode a teacher's corpus, then train a sequence-level KD
+# student on it.
+student_job() { train_student "$@" && score_and_analyse "$2" "$DATA" "$BEAM"; }
 seqkd_job() {  # seqkd_job TEACHER_DIR DISTILLED_DIR STUDENT_DIR
   distill_corpus "$1" "$DATA" "$2" "$DISTILL_BEAM" && student_job "$2/bin" "$3" "$STUDENT_UPDATES" "$SEED"
 }
@@ -81,7 +76,7 @@ wait_all "teacher training" "$RUN/teacher_ls0.1/train.log" "$RUN/teacher_ls0/tra
 
 stage "score both teachers on the test split (beam $BEAM) and analyse them: stability 1 - S, calibration"
 for ls in 0.1 0; do
-  background score_and_analyse "$RUN/teacher_ls$ls"
+  background score_and_analyse "$RUN/teacher_ls$ls" "$DATA" "$BEAM"
 done
 wait_all "teacher evaluation"
 
