@@ -124,12 +124,13 @@ def test_padding_contributes_nothing(batch):
     assert subset.loss.item() == pytest.approx(base.loss.item(), rel=1e-12)
 
 
-def test_gradients_by_gradcheck(batch):
+@pytest.mark.parametrize("t", [1.0, 2.0])  # T = 1: the one-soft-target path with its own backward
+def test_gradients_by_gradcheck(batch, t):
     student, teacher, target = batch
     student = student[:5].clone().requires_grad_(True)
 
     def f(s):
-        return word_kd_loss(torch.log_softmax(s, -1), target[:5], teacher[:5], alpha=0.6, temperature=2.0,
+        return word_kd_loss(torch.log_softmax(s, -1), target[:5], teacher[:5], alpha=0.6, temperature=t,
                             epsilon=0.1, ignore_index=PAD).loss
 
     assert torch.autograd.gradcheck(f, (student,))
@@ -137,6 +138,24 @@ def test_gradients_by_gradcheck(batch):
     assert torch.autograd.gradcheck(
         lambda s: word_kd_loss(torch.log_softmax(s, -1), target[:5], values, alpha=1.0, temperature=1.5,
                                epsilon=0.0, ignore_index=PAD, teacher_indices=indices).loss, (student,))
+
+
+def test_one_soft_target_gradient_equals_the_three_term_gradient(batch):
+    """At T = 1 the full-teacher loss takes a fused path; a top-k teacher with k = V takes the general one."""
+    student, teacher, target = batch
+    values, indices = topk_scores(teacher, teacher.size(-1))
+    grads = []
+    for kwargs in ({"teacher_scores": teacher}, {"teacher_scores": values, "teacher_indices": indices}):
+        s = student.clone().requires_grad_(True)
+        out = word_kd_loss(torch.log_softmax(s, -1), target, alpha=0.3, temperature=1.0, epsilon=0.1,
+                           ignore_index=PAD, **kwargs)
+        (2.5 * out.loss).backward()  # a loss scale, as fp16 training applies
+        grads.append((out, s.grad))
+    (fused, fused_grad), (general, general_grad) = grads
+    assert fused.loss.item() == pytest.approx(general.loss.item(), rel=1e-12)
+    assert fused.kd_loss.item() == pytest.approx(general.kd_loss.item(), rel=1e-12)
+    assert torch.allclose(fused_grad, general_grad, atol=1e-12)
+    assert fused_grad[target == PAD].abs().max() == 0
 
 
 def test_zero_teacher_probability_and_confident_student_stay_finite():
@@ -183,3 +202,12 @@ def test_normalized_teacher_shortcut_gives_the_same_loss(batch, t):
     plain = lossof(student, teacher, target, alpha=0.5, temperature=t, epsilon=0.1)
     shortcut = lossof(student, teacher_lp, target, alpha=0.5, temperature=t, epsilon=0.1, teacher_normalized=True)
     assert shortcut.loss.item() == pytest.approx(plain.loss.item(), rel=1e-12)
+
+
+def test_scale_and_shift_in_place():
+    from lskd.losses import scale_and_shift_
+
+    x = torch.randn(5, 6, dtype=torch.float64)
+    want = x * -0.3 - 0.02
+    got = scale_and_shift_(x, -0.3, -0.02)
+    assert got.data_ptr() == x.data_ptr() and torch.allclose(got, want, atol=1e-15)

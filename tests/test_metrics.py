@@ -112,3 +112,35 @@ def test_teacher_statistics_against_direct_sums_and_the_losss_entropy():
     assert float(loss.teacher_entropy) == pytest.approx(want_entropy, rel=1e-6)
     given = teacher_statistics(teacher, student, target, mask, teacher_entropy=loss.teacher_entropy)
     assert {k: float(v) for k, v in given.items()} == pytest.approx({k: float(v) for k, v in stats.items()})
+
+
+def test_top1_agreement_full_and_topk_against_argmax():
+    from lskd.losses import topk_scores
+    from lskd.metrics import top1_agreement
+
+    g = torch.Generator().manual_seed(4)
+    teacher = torch.log_softmax(torch.randn(40, 9, generator=g), -1)
+    student = torch.log_softmax(torch.randn(40, 9, generator=g), -1)
+    student[:10] = student[:10] + 5 * torch.nn.functional.one_hot(teacher[:10].argmax(-1), 9)  # some agree
+    want = teacher.argmax(-1).eq(student.argmax(-1))
+    assert 10 <= int(want.sum()) < 40
+    assert torch.equal(top1_agreement(teacher, student), want)
+    values, indices = topk_scores(teacher, 3)
+    assert torch.equal(top1_agreement(values, student, indices), want)
+
+
+def test_top1_agreement_counts_a_tie_at_the_teachers_top():
+    from lskd.metrics import top1_agreement
+
+    teacher = torch.tensor([[0.0, 0.0, -5.0], [0.0, 0.0, -5.0]]).log_softmax(-1)
+    student = torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 2.0]]).log_softmax(-1)
+    assert top1_agreement(teacher, student).tolist() == [True, False]
+
+
+@pytest.mark.parametrize("size", [7, 4000, 4007])  # below the blocked path, whole blocks, a ragged tail
+def test_top1_index_equals_max_indices(size):
+    from lskd.metrics import top1_index
+
+    scores = torch.randn(3, 50, size, generator=torch.Generator().manual_seed(size))
+    scores[0, 0, -1] = 10.0  # a winner in the tail
+    assert torch.equal(top1_index(scores), scores.max(-1).indices)
