@@ -98,7 +98,15 @@ def check_dictionary(path: str, state: dict, student_dict, target_lang: str) -> 
 
 
 def load_teachers(teacher_path: str, task) -> tuple[list[torch.nn.Module], list[TeacherInfo]]:
-    """Build each teacher in eval mode with frozen parameters, on CPU; log its label smoothing."""
+    """Build each teacher in eval mode, on CPU; log its label smoothing.
+
+    A teacher is frozen by use, not by flag: it runs only under ``torch.no_grad``
+    (:func:`teacher_log_probs`, fairseq's ``inference_step``) and sits in no optimizer, so it never
+    gets a gradient. Its parameters keep ``requires_grad=True`` on purpose: with a frozen weight,
+    ``torch.matmul`` stops folding fairseq's strided (B, 1, C) decoder states into one ``mm`` and
+    runs a ``bmm`` over an expanded output projection instead (pytorch/pytorch#186148), which
+    made beam search 1.7x slower on CPU (``benchmarks/distill_throughput.py``).
+    """
     from fairseq import checkpoint_utils
 
     models, infos = [], []
@@ -116,8 +124,6 @@ def load_teachers(teacher_path: str, task) -> tuple[list[torch.nn.Module], list[
         )
         (model,), _, _ = checkpoint_utils.load_model_ensemble_and_task([path], task=task, state=state)
         model.eval()
-        for parameter in model.parameters():
-            parameter.requires_grad_(False)
         logger.info(
             f"teacher {path}: criterion {info.criterion}, label smoothing {info.label_smoothing}, "
             f"{info.num_updates} updates, sha256 {info.sha256[:12]}"

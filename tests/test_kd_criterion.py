@@ -57,6 +57,7 @@ def test_online_teacher_is_frozen_hidden_and_follows_the_kd_formula(bible_slice,
         trainer.train_step([first_batch(task, shuffle=True, seed=seed)])
     assert not teacher.training
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
+    assert all(p.grad is None for p in teacher.parameters())  # it only ever ran under no_grad
     optimised = {id(p) for group in trainer.optimizer.optimizer.param_groups for p in group["params"]}
     assert not optimised & {id(p) for p in teacher.parameters()}
     assert not criterion.state_dict()  # nothing of the teacher goes into a checkpoint
