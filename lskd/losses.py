@@ -187,7 +187,8 @@ def _one_soft_target_loss(
         kl = (neg_entropy - cross).masked_fill(padding, 0.0)
         kd_loss = kl.sum()
         value = (1.0 - alpha) * ls_loss.detach() + alpha * kd_loss
-        gradient[padding] = 0.0  # padded rows only, not a pass over (N, V)
+        padded_rows = padding.reshape(-1).nonzero().squeeze(-1)
+        gradient.view(-1, gradient.size(-1)).index_fill_(0, padded_rows, 0.0)  # those rows only, not all of (N, V)
         gold = torch.full_like(target, -(1.0 - alpha) * (1.0 - epsilon - eps_i), dtype=gradient.dtype)
         gradient.scatter_add_(-1, target.unsqueeze(-1), gold.masked_fill_(padding, 0.0).unsqueeze(-1))
     return KDLoss(_GivenGradient.apply(student_lp, value, gradient), nll_loss, kd_loss, -neg_entropy.sum())

@@ -27,6 +27,7 @@ from omegaconf import II
 
 from fairseq_plugins.data import dataset_sha256
 from fairseq_plugins.teacher import load_teachers, split_teacher_paths, teacher_log_probs
+from lskd.allocator import keep_freed_memory
 from lskd.corpus import sha256_file
 from lskd.losses import topk_scores, validate_kd_args, word_kd_loss
 from lskd.metrics import teacher_statistics
@@ -82,6 +83,7 @@ class LabelSmoothedCrossEntropyWithKDCriterion(LabelSmoothedCrossEntropyCriterio
     ):
         super().__init__(task, sentence_avg, label_smoothing, ignore_prefix_size, report_accuracy)
         validate_kd_args(kd_alpha, kd_temperature)
+        keep_freed_memory()
         vocab_size = len(task.target_dictionary)
         if teacher_topk < 0 or teacher_topk > vocab_size:
             raise ValueError(f"--teacher-topk {teacher_topk} must be between 0 and the vocabulary size ({vocab_size})")
