@@ -209,7 +209,7 @@ def _teacher_terms_and_gradient(
     gradient = torch.empty_like(teacher_rows)
     neg_entropy = gradient.new_empty(gradient.size(0))
     cross = torch.empty_like(neg_entropy)
-    step = gradient.size(0) if gradient.is_cuda else max(1, block_bytes // (size * gradient.element_size()))
+    step = gradient.size(0) if gradient.device.type != "cpu" else max(1, block_bytes // (size * gradient.element_size()))
     for start in range(0, gradient.size(0), step):
         rows = slice(start, start + step)
         teacher_p = torch.exp(teacher_rows[rows], out=gradient[rows])
