@@ -200,9 +200,9 @@ def _teacher_terms_and_gradient(
     """``-(alpha * p_t + smoothing)``, ``sum_v p_t log p_t`` and ``sum_v p_t log p_s`` per position.
 
     Computed block of rows by block of rows, each block small enough to stay in cache while it is
-    exponentiated, used in both sums and turned into the gradient: on CPU, where this is memory
-    bound, that reads the two (N, V) inputs once and writes one (N, V) output, instead of about
-    ten passes over (N, V) when done tensor by tensor.
+    exponentiated, used in both sums and turned into the gradient: on CPU that reads the two (N, V)
+    inputs from memory once and writes one (N, V) output, where tensor-by-tensor code makes about
+    ten passes over (N, V). On other devices the whole batch is one block.
     """
     size = teacher_lp.size(-1)
     teacher_rows, student_rows = teacher_lp.reshape(-1, size), student_lp.detach().reshape(-1, size)
