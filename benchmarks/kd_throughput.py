@@ -112,8 +112,9 @@ def main() -> None:
         for name, (trainer, _) in variants.items():
             seconds[name].append(timed_steps(trainer, batches))
         start = time.perf_counter()
-        for batch in batches:
-            teacher_log_probs(teacher, batch["net_input"])
+        with torch.no_grad():  # as the criterion runs its teacher
+            for batch in batches:
+                teacher_log_probs(teacher, batch["net_input"])
         seconds["teacher_forward"].append(time.perf_counter() - start)
     t = {name: statistics.median(values) for name, values in seconds.items()}
     tps = {name: tokens / t[name] for name in variants}

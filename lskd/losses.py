@@ -142,14 +142,13 @@ def word_kd_loss(
     """
     validate_kd_args(alpha, temperature)
     student_lprobs = upcast(student_lprobs)
+    if _is_one_soft_target(alpha, temperature, teacher_scores, teacher_indices):
+        # log-probabilities are logits too: log_softmax(log p) = log p
+        return _one_soft_target_loss(student_lprobs, target, teacher_scores, alpha, epsilon, ignore_index,
+                                     teacher_normalized)
     ls_loss, nll_loss = label_smoothed_nll_loss(student_lprobs, target, epsilon, ignore_index)
     if alpha == 0:
         return KDLoss(ls_loss, nll_loss, torch.zeros_like(ls_loss), torch.zeros_like(ls_loss))
-    if teacher_scores is None:
-        raise ValueError("alpha > 0 needs teacher scores")
-    if temperature == 1 and teacher_indices is None and not teacher_scores.requires_grad:
-        return _one_soft_target_loss(student_lprobs, target, teacher_scores, alpha, epsilon, ignore_index,
-                                     teacher_normalized, ls_loss, nll_loss)
     kl, entropy = kd_terms(teacher_scores, student_lprobs, temperature, teacher_indices, teacher_normalized)
     if ignore_index is not None:
         padding = target.eq(ignore_index)
@@ -158,66 +157,149 @@ def word_kd_loss(
     return KDLoss((1.0 - alpha) * ls_loss + alpha * temperature**2 * kd_loss, nll_loss, kd_loss, entropy.sum().detach())
 
 
+def word_kd_loss_from_logits(
+    student_logits: torch.Tensor,
+    target: torch.Tensor,
+    teacher_scores: torch.Tensor | None,
+    *,
+    alpha: float,
+    temperature: float,
+    epsilon: float,
+    ignore_index: int | None = None,
+    teacher_indices: torch.Tensor | None = None,
+    teacher_normalized: bool = False,
+) -> KDLoss:
+    """:func:`word_kd_loss` of ``log_softmax(student_logits)``, in at least float32 as fairseq normalises.
+
+    Prefer it when the student's logits are at hand: at T = 1 with a full teacher the student's
+    normalisation, the loss and its gradient with respect to the logits come from one pass over
+    (N, V), and no (N, V) log-probabilities are stored for backward.
+    """
+    validate_kd_args(alpha, temperature)
+    if _is_one_soft_target(alpha, temperature, teacher_scores, teacher_indices):
+        return _one_soft_target_loss(student_logits, target, teacher_scores, alpha, epsilon, ignore_index,
+                                     teacher_normalized)
+    return word_kd_loss(F.log_softmax(upcast(student_logits), dim=-1), target, teacher_scores,
+                        alpha=alpha, temperature=temperature, epsilon=epsilon, ignore_index=ignore_index,
+                        teacher_indices=teacher_indices, teacher_normalized=teacher_normalized)
+
+
+def _is_one_soft_target(alpha: float, temperature: float, teacher_scores: torch.Tensor | None,
+                        teacher_indices: torch.Tensor | None) -> bool:
+    """T = 1 with a full, constant teacher: the case :func:`_one_soft_target_loss` computes.
+
+    Both entry points ask this first, so it is also where ``alpha > 0`` without a teacher stops.
+    """
+    if alpha > 0 and teacher_scores is None:
+        raise ValueError("alpha > 0 needs teacher scores")
+    return alpha > 0 and temperature == 1 and teacher_indices is None and not teacher_scores.requires_grad
+
+
 def _one_soft_target_loss(
-    student_lp: torch.Tensor,
+    student_logits: torch.Tensor,
     target: torch.Tensor,
     teacher_scores: torch.Tensor,
     alpha: float,
     epsilon: float,
     ignore_index: int | None,
     teacher_normalized: bool,
-    ls_loss: torch.Tensor,
-    nll_loss: torch.Tensor,
 ) -> KDLoss:
     """:func:`word_kd_loss` at T = 1 with a full, constant teacher distribution: one soft target.
 
-    Both terms are ``-sum_v q_v log p_s,v`` plus a constant, so the student's gradient is that of a
+    Both terms are ``-sum_v q_v log p_s,v`` plus a constant, so the loss is a cross-entropy with a
     single soft target ``q = (1 - alpha) * q_ls + alpha * p_t`` (``q_ls``: the label-smoothed
-    one-hot): ``-q`` per position. This is the NMT word-KD hot path, where V is large, so ``q`` is
-    built in place in the teacher's probabilities and handed to autograd as the gradient; the
-    loss value comes from sums already at hand, not from another pass over (N, V).
+    one-hot), whose gradient with respect to the student's logits is ``p_s - q`` per position.
+    This is the NMT word-KD hot path, where V is large, so that gradient is built in place in the
+    teacher's probabilities, in the pass that also normalises the student and takes the sums
+    the loss value is made of (:func:`_soft_target_pass`), and handed to autograd.
     """
-    eps_i = epsilon / (student_lp.size(-1) - 1)
+    size = student_logits.size(-1)
+    eps_i = epsilon / (size - 1)
     with torch.no_grad():
         teacher_lp = upcast(teacher_scores) if teacher_normalized else tempered_log_probs(teacher_scores)
-        # d loss / d student_lp = -q on kept positions, 0 on padding: built where p_t was
-        gradient, neg_entropy, cross = _teacher_terms_and_gradient(teacher_lp, student_lp, alpha, (1.0 - alpha) * eps_i)
+        # one dtype, at least float32, for the sums and the gradient
+        teacher_lp = teacher_lp.to(torch.promote_types(teacher_lp.dtype, upcast(student_logits[..., :0]).dtype))
+        logit_rows, target = student_logits.detach().reshape(-1, size), target.reshape(-1)
         padding = target.eq(ignore_index) if ignore_index is not None else torch.zeros_like(target, dtype=torch.bool)
-        neg_entropy = neg_entropy.masked_fill(padding, 0.0)
-        kl = (neg_entropy - cross).masked_fill(padding, 0.0)
-        kd_loss = kl.sum()
-        value = (1.0 - alpha) * ls_loss.detach() + alpha * kd_loss
-        padded_rows = padding.reshape(-1).nonzero().squeeze(-1)
-        gradient.view(-1, gradient.size(-1)).index_fill_(0, padded_rows, 0.0)  # those rows only, not all of (N, V)
+        gradient, sums = _soft_target_pass(teacher_lp.reshape(-1, size), logit_rows, padding, alpha,
+                                           (1.0 - alpha) * eps_i)
         gold = torch.full_like(target, -(1.0 - alpha) * (1.0 - epsilon - eps_i), dtype=gradient.dtype)
         gradient.scatter_add_(-1, target.unsqueeze(-1), gold.masked_fill_(padding, 0.0).unsqueeze(-1))
-    return KDLoss(_GivenGradient.apply(student_lp, value, gradient), nll_loss, kd_loss, -neg_entropy.sum())
+        gold_logit = logit_rows.gather(-1, target.unsqueeze(-1)).squeeze(-1).to(gradient.dtype)
+        nll_loss = (sums.log_normalizer - gold_logit).masked_fill_(padding, 0.0).sum()
+        ls_loss = (1.0 - epsilon - eps_i) * nll_loss - eps_i * sums.student_log_prob
+        kd_loss = sums.teacher_neg_entropy - sums.cross
+        value = (1.0 - alpha) * ls_loss + alpha * kd_loss
+    loss = _GivenGradient.apply(student_logits, value, gradient.view(student_logits.shape))
+    return KDLoss(loss, nll_loss, kd_loss, -sums.teacher_neg_entropy)
 
 
-def _teacher_terms_and_gradient(
-    teacher_lp: torch.Tensor, student_lp: torch.Tensor, alpha: float, smoothing: float, block_bytes: int = 2**21
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``-(alpha * p_t + smoothing)``, ``sum_v p_t log p_t`` and ``sum_v p_t log p_s`` per position.
+class _PassSums(NamedTuple):
+    """What :func:`_soft_target_pass` sums over kept positions, and ``log sum_v exp z_v`` per row."""
 
-    Computed block of rows by block of rows, each block small enough to stay in cache while it is
-    exponentiated, used in both sums and turned into the gradient: on CPU that reads the two (N, V)
-    inputs from memory once and writes one (N, V) output, where tensor-by-tensor code makes about
-    ten passes over (N, V). On other devices the whole batch is one block.
+    teacher_neg_entropy: torch.Tensor  # sum_v p_t log p_t
+    cross: torch.Tensor  # sum_v p_t log p_s
+    student_log_prob: torch.Tensor  # sum_v log p_s (fairseq's smooth term, negated)
+    log_normalizer: torch.Tensor  # (N,): log p_s = z - log_normalizer
+
+
+def _soft_target_pass(
+    teacher_rows: torch.Tensor,
+    logit_rows: torch.Tensor,
+    padding: torch.Tensor,
+    alpha: float,
+    smoothing: float,
+    block_bytes: int | None = None,
+) -> tuple[torch.Tensor, _PassSums]:
+    """``p_s - (alpha * p_t + smoothing)`` on kept rows (0 on padded ones) and :class:`_PassSums`.
+
+    (N, V) rows, taken block by block, each block small enough to stay in cache while the student
+    is normalised, the teacher exponentiated, both summed and the gradient formed: on CPU the two
+    (N, V) inputs are read from memory once and one (N, V) output is written, where
+    tensor-by-tensor code makes about fifteen passes. A block is 512 KiB of each tensor per
+    thread, so that each thread's share fits a core's L2 cache (the fastest size measured, at one
+    and at two threads). Padded rows of ``p_t`` are zeroed before the sums, so each sum over both
+    distributions is one flat dot product over the block; ``sum_v p_t = 1`` turns
+    ``sum_v p_t (z - m)`` into ``sum_v p_t log p_s``. On other devices the whole batch is one block.
     """
-    size = teacher_lp.size(-1)
-    teacher_rows, student_rows = teacher_lp.reshape(-1, size), student_lp.detach().reshape(-1, size)
+    rows, size = teacher_rows.shape
     gradient = torch.empty_like(teacher_rows)
-    neg_entropy = gradient.new_empty(gradient.size(0))
-    cross = torch.empty_like(neg_entropy)
-    step = gradient.size(0) if gradient.device.type != "cpu" else max(1, block_bytes // (size * gradient.element_size()))
-    for start in range(0, gradient.size(0), step):
-        rows = slice(start, start + step)
-        teacher_p = torch.exp(teacher_rows[rows], out=gradient[rows])
-        neg_entropy[rows] = expected_log_prob(teacher_p, teacher_rows[rows])
-        cross[rows] = expected_log_prob(teacher_p, student_rows[rows])
-        scale_and_shift_(teacher_p, -alpha, -smoothing)
-    shape = teacher_lp.shape[:-1]
-    return gradient.view(teacher_lp.shape), neg_entropy.view(shape), cross.view(shape)
+    block_bytes = block_bytes or 2**19 * torch.get_num_threads()
+    step = max(1, rows if gradient.device.type != "cpu" else block_bytes // (size * gradient.element_size()))
+    starts = range(0, rows, step)
+    padded = padding.nonzero().squeeze(-1)
+    first_padded = torch.searchsorted(padded, torch.tensor([*starts, rows], device=padded.device)).tolist()
+    neg_entropy, cross_shifted = gradient.new_zeros(()), gradient.new_zeros(())
+    shifted_sums, row_max, log_totals = gradient.new_empty(rows), gradient.new_empty(rows), gradient.new_empty(rows)
+    for block, start in enumerate(starts):
+        block_rows = slice(start, start + step)
+        padded_here = padded[first_padded[block] : first_padded[block + 1]] - start
+        teacher, logits = teacher_rows[block_rows], logit_rows[block_rows]
+        teacher_p = torch.exp(teacher, out=gradient[block_rows]).index_fill_(0, padded_here, 0.0)
+        neg_entropy += torch.dot(teacher_p.view(-1), teacher.reshape(-1))
+        top = logits.amax(-1, keepdim=True).to(gradient.dtype)
+        shifted = logits - top  # z - m <= 0: exp cannot overflow
+        cross_shifted += torch.dot(teacher_p.view(-1), shifted.view(-1))
+        shifted_sums[block_rows] = shifted.sum(-1)
+        student_e = shifted.exp_()
+        total = student_e.sum(-1, keepdim=True)
+        row_max[block_rows], log_totals[block_rows] = top.squeeze(-1), total.log().squeeze(-1)
+        student_p_scale = total.reciprocal_()
+        scale_and_shift_(teacher_p, -alpha, -smoothing).addcmul_(student_e, student_p_scale)
+        teacher_p.index_fill_(0, padded_here, 0.0)
+    kept_log_totals = log_totals.masked_fill(padding, 0.0)
+    sums = _PassSums(
+        teacher_neg_entropy=neg_entropy,
+        cross=cross_shifted - kept_log_totals.sum(),
+        student_log_prob=shifted_sums.masked_fill_(padding, 0.0).sum() - size * kept_log_totals.sum(),
+        log_normalizer=row_max + log_totals,
+    )
+    if torch.isnan(neg_entropy + cross_shifted):  # a zero p_t met log 0 = -inf: take 0 * log 0 = 0 instead
+        kept_p = teacher_rows.exp().masked_fill_(padding.unsqueeze(-1), 0.0)
+        student_lp = logit_rows.to(gradient.dtype) - sums.log_normalizer.unsqueeze(-1)
+        sums = sums._replace(teacher_neg_entropy=expected_log_prob(kept_p, teacher_rows).sum(),
+                             cross=expected_log_prob(kept_p, student_lp).sum())
+    return gradient, sums
 
 
 def scale_and_shift_(x: torch.Tensor, scale: float, shift: float) -> torch.Tensor:

@@ -14,7 +14,7 @@ from lskd.losses import expected_log_prob, tempered_log_probs, upcast
 @torch.no_grad()
 def teacher_statistics(
     teacher_scores: torch.Tensor,
-    student_lprobs: torch.Tensor,
+    student_scores: torch.Tensor,
     target: torch.Tensor,
     mask: torch.Tensor,
     teacher_indices: torch.Tensor | None = None,
@@ -22,7 +22,8 @@ def teacher_statistics(
 ) -> dict[str, torch.Tensor]:
     """Sums over positions where ``mask`` is true (flattened inputs: (N, V) or (N, k), (N,)).
 
-    ``teacher_scores`` are log-probabilities at T = 1 (over V, or the teacher's own top-k values).
+    ``teacher_scores`` are log-probabilities at T = 1 (over V, or the teacher's own top-k values);
+    ``student_scores`` log-probabilities or logits (only their top-1 is used).
     With ``teacher_indices`` (top-k), the entropy is that of the renormalised top-k distribution,
     and the gold token's NLL is summed only where the gold token is among the k
     (``teacher_gold_in_topk`` counts those positions). ``teacher_entropy``: the masked sum when the
@@ -43,7 +44,7 @@ def teacher_statistics(
         gold_lp = torch.where(hit, teacher_scores.float(), torch.zeros_like(teacher_scores, dtype=torch.float)).sum(-1)
     stats = {
         "teacher_entropy": teacher_entropy,
-        "teacher_agree": (top1_agreement(teacher_scores, student_lprobs, teacher_indices) & mask).sum(),
+        "teacher_agree": (top1_agreement(teacher_scores, student_scores, teacher_indices) & mask).sum(),
         "teacher_nll": (-gold_lp).masked_fill(~covered, 0.0).sum(),
         "teacher_nll_count": covered.sum(),
     }

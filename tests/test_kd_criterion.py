@@ -76,6 +76,44 @@ def test_online_teacher_is_frozen_hidden_and_follows_the_kd_formula(bible_slice,
     assert {"kd_loss", "teacher_entropy", "teacher_agree", "teacher_nll"} <= set(log)
 
 
+def test_at_t1_the_loss_normalises_the_logits_itself_with_the_same_loss_and_gradients(bible_slice, trained_checkpoint):
+    """The fused path takes a transformer's logits and skips fairseq's log_softmax and its backward."""
+    from fairseq_plugins.criterions.label_smoothed_cross_entropy_with_kd import softmax_logits
+    from lskd.losses import label_smoothed_nll_loss
+
+    _, task, model, criterion = build(
+        bible_slice / "bin", "--criterion", "label_smoothed_cross_entropy_with_kd", "--label-smoothing", "0.1",
+        "--kd-alpha", "0.7", "--kd-temperature", "1", "--teacher-path", str(trained_checkpoint))
+    model.eval()  # no dropout: both computations see the same network
+    sample, pad = first_batch(task), task.target_dictionary.pad()
+    net_output = model(**sample["net_input"])
+    assert softmax_logits(model, net_output) is net_output[0]
+    model.decoder.adaptive_softmax = torch.nn.Identity()  # a model that normalises its own way keeps fairseq's
+    assert softmax_logits(model, net_output) is None
+    model.decoder.adaptive_softmax = None
+
+    loss, _, log = criterion(model, sample)
+    loss.backward()
+    got = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad()
+
+    # the KD formula written out on fairseq's log-probabilities, with autograd's own backward
+    lprobs = model.get_normalized_probs(model(**sample["net_input"]), log_probs=True)
+    lprobs, target = lprobs.view(-1, lprobs.size(-1)), sample["target"].view(-1)
+    with torch.no_grad():
+        teacher = criterion._teachers[0]
+        teacher_lp = teacher.get_normalized_probs(teacher(**sample["net_input"]), log_probs=True).view_as(lprobs)
+    ls, nll = label_smoothed_nll_loss(lprobs, target, 0.1, ignore_index=pad)
+    kl = (teacher_lp.exp() * (teacher_lp - lprobs)).sum(-1).masked_fill(target.eq(pad), 0.0).sum()
+    want = 0.3 * ls + 0.7 * kl
+    want.backward()
+    assert loss.item() == pytest.approx(want.item(), rel=1e-5)
+    assert log["nll_loss"].item() == pytest.approx(nll.item(), rel=1e-5)
+    assert log["kd_loss"].item() == pytest.approx(kl.item(), rel=1e-4)
+    for name, p in model.named_parameters():
+        assert torch.allclose(got[name], p.grad, rtol=1e-3, atol=1e-6), name
+
+
 def test_cache_gives_the_online_top_k_loss_under_shuffling(bible_slice, trained_checkpoint, tmp_path):
     from data_prep.dump_topk import main as dump_main
 

@@ -55,7 +55,8 @@ def lossof(student, teacher, target, **kw):
     return word_kd_loss(torch.log_softmax(student, -1), target, teacher, ignore_index=PAD, **kw)
 
 
-@pytest.mark.parametrize("alpha,t,eps", [(0.0, 1.0, 0.1), (1.0, 1.0, 0.0), (0.5, 2.0, 0.1), (0.9, 64.0, 0.1), (1.0, 0.6, 0.2)])
+@pytest.mark.parametrize("alpha,t,eps", [(0.0, 1.0, 0.1), (1.0, 1.0, 0.0), (0.5, 1.0, 0.1), (0.5, 2.0, 0.1),
+                                         (0.9, 64.0, 0.1), (1.0, 0.6, 0.2)])
 def test_matches_elementwise_reference(batch, alpha, t, eps):
     student, teacher, target = batch
     got = lossof(student, teacher, target, alpha=alpha, temperature=t, epsilon=eps)
@@ -165,6 +166,50 @@ def test_zero_teacher_probability_and_confident_student_stay_finite():
     out = word_kd_loss(torch.log_softmax(student, -1), target, teacher, alpha=0.5, temperature=1.0, epsilon=0.1)
     out.loss.backward()
     assert torch.isfinite(out.loss) and torch.isfinite(student.grad).all()
+    p_t, teacher_lp = torch.softmax(teacher, -1), torch.log_softmax(teacher, -1)
+    want_kd = torch.where(p_t > 0, p_t * (teacher_lp - torch.log_softmax(student.detach(), -1)), 0.0).sum()
+    assert out.kd_loss.item() == pytest.approx(want_kd.item(), rel=1e-6)  # 0 * log 0 taken as 0
+
+
+def test_soft_target_pass_in_blocks_against_direct_sums():
+    """The fused pass over blocks of rows, padding inside and across blocks, against whole-tensor sums."""
+    from lskd.losses import _soft_target_pass
+
+    g = torch.Generator().manual_seed(5)
+    n, v = 23, 11
+    teacher = torch.log_softmax(torch.randn(n, v, generator=g, dtype=torch.float64) * 3, -1)
+    logits = torch.randn(n, v, generator=g, dtype=torch.float64) * 4 + 30  # not normalised, far from 0
+    padding = torch.zeros(n, dtype=torch.bool)
+    padding[[0, 4, 5, 6, 7, 22]] = True  # a padded run across a block boundary, and both ends
+    kept, p, student = ~padding, teacher.exp(), torch.log_softmax(logits, -1)
+    want_gradient = torch.where(kept.unsqueeze(-1), student.exp() - (0.3 * p + 0.01), 0.0)
+    for block_rows in (1, 4, n):
+        gradient, sums = _soft_target_pass(teacher, logits, padding, 0.3, 0.01, block_bytes=block_rows * v * 8)
+        assert torch.allclose(gradient, want_gradient, atol=1e-15)
+        assert sums.teacher_neg_entropy.item() == pytest.approx((p * teacher)[kept].sum().item(), rel=1e-12)
+        assert sums.cross.item() == pytest.approx((p * student)[kept].sum().item(), rel=1e-12)
+        assert sums.student_log_prob.item() == pytest.approx(student[kept].sum().item(), rel=1e-12)
+        assert torch.allclose(sums.log_normalizer, torch.logsumexp(logits, -1), atol=1e-12)
+
+
+def test_from_logits_equals_the_log_prob_entry_point(batch):
+    """Same loss and gradient with respect to the logits; the fused path (T = 1) and the others."""
+    from lskd.losses import word_kd_loss_from_logits
+
+    student, teacher, target = batch
+    for alpha, t in ((0.0, 1.0), (0.4, 1.0), (0.4, 2.0)):
+        results = []
+        for entry in ("lprobs", "logits"):
+            s = (student + 7.0).requires_grad_(True)
+            kwargs = dict(alpha=alpha, temperature=t, epsilon=0.1, ignore_index=PAD)
+            out = (word_kd_loss(torch.log_softmax(s, -1), target, teacher, **kwargs) if entry == "lprobs"
+                   else word_kd_loss_from_logits(s, target, teacher, **kwargs))
+            out.loss.backward()
+            results.append((out, s.grad))
+        (a, a_grad), (b, b_grad) = results
+        for field in ("loss", "nll_loss", "kd_loss", "teacher_entropy"):
+            assert getattr(b, field).item() == pytest.approx(getattr(a, field).item(), rel=1e-12, abs=1e-12)
+        assert torch.allclose(a_grad, b_grad, atol=1e-12)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -177,6 +222,19 @@ def test_half_precision_inputs_match_float32(batch, dtype):
                            ignore_index=PAD)
     assert got.loss.dtype == torch.float32
     assert got.loss.item() == pytest.approx(ref.loss.item(), rel=2e-2)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_logits_on_the_fused_path(batch, dtype):
+    from lskd.losses import word_kd_loss_from_logits
+
+    student, teacher, target = batch
+    s16, t16 = student.to(dtype).requires_grad_(True), teacher.to(dtype)
+    ref = lossof(s16.detach().double(), t16.double(), target, alpha=0.5, temperature=1.0, epsilon=0.1)
+    got = word_kd_loss_from_logits(s16, target, t16, alpha=0.5, temperature=1.0, epsilon=0.1, ignore_index=PAD)
+    got.loss.backward()
+    assert got.loss.dtype == torch.float32 and s16.grad.dtype == dtype and torch.isfinite(s16.grad).all()
+    assert got.loss.item() == pytest.approx(ref.loss.item(), rel=1e-5)  # half inputs, float32 arithmetic
 
 
 def test_ensemble_averages_member_probabilities():
