@@ -122,7 +122,7 @@ def expected_log_prob(p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
 
 
 def word_kd_loss(
-    student_lprobs: torch.Tensor,
+    student_scores: torch.Tensor,
     target: torch.Tensor,
     teacher_scores: torch.Tensor | None,
     *,
@@ -132,20 +132,27 @@ def word_kd_loss(
     ignore_index: int | None = None,
     teacher_indices: torch.Tensor | None = None,
     teacher_normalized: bool = False,
+    student_normalized: bool = True,
 ) -> KDLoss:
     """``(1 - alpha) * LS-CE(student, gold; eps) + alpha * T^2 * KL(p_t^T || p_s^T)``, sum-reduced.
 
-    ``student_lprobs``: (..., V) log-probabilities; ``target``: (...) gold indices;
+    ``student_scores``: (..., V) log-probabilities, or logits with ``student_normalized=False``
+    (normalised here, in at least float32 as fairseq does); ``target``: (...) gold indices;
     ``teacher_scores``: (..., V), or (..., k) with ``teacher_indices``; ``teacher_normalized``: they
     are log-probabilities over those classes (saves a softmax at T = 1). With ``alpha = 0`` the
     teacher is not needed (may be ``None``) and the result is exactly fairseq's LS loss.
+    Pass logits when they are at hand: at T = 1 with a full teacher the student's normalisation,
+    the loss and its gradient with respect to the logits come from one pass over (N, V), and no
+    (N, V) log-probabilities are stored for backward.
     """
     validate_kd_args(alpha, temperature)
-    student_lprobs = upcast(student_lprobs)
-    if _is_one_soft_target(alpha, temperature, teacher_scores, teacher_indices):
-        # log-probabilities are logits too: log_softmax(log p) = log p
-        return _one_soft_target_loss(student_lprobs, target, teacher_scores, alpha, epsilon, ignore_index,
+    if alpha > 0 and teacher_scores is None:
+        raise ValueError("alpha > 0 needs teacher scores")
+    if alpha > 0 and temperature == 1 and teacher_indices is None and not teacher_scores.requires_grad:
+        # it normalises the student itself; log-probabilities are logits too: log_softmax(log p) = log p
+        return _one_soft_target_loss(student_scores, target, teacher_scores, alpha, epsilon, ignore_index,
                                      teacher_normalized)
+    student_lprobs = upcast(student_scores) if student_normalized else F.log_softmax(upcast(student_scores), dim=-1)
     ls_loss, nll_loss = label_smoothed_nll_loss(student_lprobs, target, epsilon, ignore_index)
     if alpha == 0:
         return KDLoss(ls_loss, nll_loss, torch.zeros_like(ls_loss), torch.zeros_like(ls_loss))
@@ -155,44 +162,6 @@ def word_kd_loss(
         kl, entropy = kl.masked_fill(padding, 0.0), entropy.masked_fill(padding, 0.0)
     kd_loss = kl.sum()
     return KDLoss((1.0 - alpha) * ls_loss + alpha * temperature**2 * kd_loss, nll_loss, kd_loss, entropy.sum().detach())
-
-
-def word_kd_loss_from_logits(
-    student_logits: torch.Tensor,
-    target: torch.Tensor,
-    teacher_scores: torch.Tensor | None,
-    *,
-    alpha: float,
-    temperature: float,
-    epsilon: float,
-    ignore_index: int | None = None,
-    teacher_indices: torch.Tensor | None = None,
-    teacher_normalized: bool = False,
-) -> KDLoss:
-    """:func:`word_kd_loss` of ``log_softmax(student_logits)``, in at least float32 as fairseq normalises.
-
-    Prefer it when the student's logits are at hand: at T = 1 with a full teacher the student's
-    normalisation, the loss and its gradient with respect to the logits come from one pass over
-    (N, V), and no (N, V) log-probabilities are stored for backward.
-    """
-    validate_kd_args(alpha, temperature)
-    if _is_one_soft_target(alpha, temperature, teacher_scores, teacher_indices):
-        return _one_soft_target_loss(student_logits, target, teacher_scores, alpha, epsilon, ignore_index,
-                                     teacher_normalized)
-    return word_kd_loss(F.log_softmax(upcast(student_logits), dim=-1), target, teacher_scores,
-                        alpha=alpha, temperature=temperature, epsilon=epsilon, ignore_index=ignore_index,
-                        teacher_indices=teacher_indices, teacher_normalized=teacher_normalized)
-
-
-def _is_one_soft_target(alpha: float, temperature: float, teacher_scores: torch.Tensor | None,
-                        teacher_indices: torch.Tensor | None) -> bool:
-    """T = 1 with a full, constant teacher: the case :func:`_one_soft_target_loss` computes.
-
-    Both entry points ask this first, so it is also where ``alpha > 0`` without a teacher stops.
-    """
-    if alpha > 0 and teacher_scores is None:
-        raise ValueError("alpha > 0 needs teacher scores")
-    return alpha > 0 and temperature == 1 and teacher_indices is None and not teacher_scores.requires_grad
 
 
 def _one_soft_target_loss(

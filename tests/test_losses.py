@@ -192,10 +192,8 @@ def test_soft_target_pass_in_blocks_against_direct_sums():
         assert torch.allclose(sums.log_normalizer, torch.logsumexp(logits, -1), atol=1e-12)
 
 
-def test_from_logits_equals_the_log_prob_entry_point(batch):
-    """Same loss and gradient with respect to the logits; the fused path (T = 1) and the others."""
-    from lskd.losses import word_kd_loss_from_logits
-
+def test_logits_and_log_probs_give_the_same_loss_and_gradient(batch):
+    """``student_normalized=False``: same loss and gradient w.r.t. the logits, fused path (T = 1) and others."""
     student, teacher, target = batch
     for alpha, t in ((0.0, 1.0), (0.4, 1.0), (0.4, 2.0)):
         results = []
@@ -203,7 +201,7 @@ def test_from_logits_equals_the_log_prob_entry_point(batch):
             s = (student + 7.0).requires_grad_(True)
             kwargs = dict(alpha=alpha, temperature=t, epsilon=0.1, ignore_index=PAD)
             out = (word_kd_loss(torch.log_softmax(s, -1), target, teacher, **kwargs) if entry == "lprobs"
-                   else word_kd_loss_from_logits(s, target, teacher, **kwargs))
+                   else word_kd_loss(s, target, teacher, student_normalized=False, **kwargs))
             out.loss.backward()
             results.append((out, s.grad))
         (a, a_grad), (b, b_grad) = results
@@ -226,12 +224,11 @@ def test_half_precision_inputs_match_float32(batch, dtype):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_precision_logits_on_the_fused_path(batch, dtype):
-    from lskd.losses import word_kd_loss_from_logits
-
     student, teacher, target = batch
     s16, t16 = student.to(dtype).requires_grad_(True), teacher.to(dtype)
     ref = lossof(s16.detach().double(), t16.double(), target, alpha=0.5, temperature=1.0, epsilon=0.1)
-    got = word_kd_loss_from_logits(s16, target, t16, alpha=0.5, temperature=1.0, epsilon=0.1, ignore_index=PAD)
+    got = word_kd_loss(s16, target, t16, alpha=0.5, temperature=1.0, epsilon=0.1, ignore_index=PAD,
+                       student_normalized=False)
     got.loss.backward()
     assert got.loss.dtype == torch.float32 and s16.grad.dtype == dtype and torch.isfinite(s16.grad).all()
     assert got.loss.item() == pytest.approx(ref.loss.item(), rel=1e-5)  # half inputs, float32 arithmetic

@@ -31,7 +31,7 @@ from fairseq_plugins.data import dataset_sha256
 from fairseq_plugins.teacher import load_teachers, split_teacher_paths, teacher_log_probs
 from lskd.allocator import keep_freed_memory
 from lskd.corpus import sha256_file
-from lskd.losses import topk_scores, validate_kd_args, word_kd_loss, word_kd_loss_from_logits
+from lskd.losses import topk_scores, validate_kd_args, word_kd_loss
 from lskd.metrics import teacher_statistics
 from lskd.topk_cache import TopKCache, TopKCacheError
 
@@ -185,14 +185,14 @@ class LabelSmoothedCrossEntropyWithKDCriterion(LabelSmoothedCrossEntropyCriterio
         logits = softmax_logits(model, net_output)
         if logits is not None:  # the loss normalises them in its own pass
             student_scores, target = self._trim(logits), self._trim(model.get_targets(sample, net_output))
-            kd_loss_fn = word_kd_loss_from_logits
         else:
-            (student_scores, target), kd_loss_fn = self.get_lprobs_and_target(model, net_output, sample), word_kd_loss
+            student_scores, target = self.get_lprobs_and_target(model, net_output, sample)
         scores, indices = self.teacher_scores(model, sample)
         alpha = self.alpha if scores is not None else 0.0
-        loss, nll_loss, kd_loss, teacher_entropy = kd_loss_fn(
+        loss, nll_loss, kd_loss, teacher_entropy = word_kd_loss(
             student_scores, target, scores, alpha=alpha, temperature=self.temperature, epsilon=self.eps,
             ignore_index=self.padding_idx, teacher_indices=indices, teacher_normalized=indices is None,
+            student_normalized=logits is None,
         )
         sample_size = sample["target"].size(0) if self.sentence_avg else sample["ntokens"]
         logging_output = {

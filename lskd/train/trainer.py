@@ -1,6 +1,6 @@
 """One training loop for teachers (LS cross-entropy) and students (KD from a frozen teacher).
 
-The loss is :func:`lskd.losses.word_kd_loss_from_logits`, the fairseq criterion's: with ``kd.alpha = 0`` it is
+The loss is :func:`lskd.losses.word_kd_loss`, the fairseq criterion's: with ``kd.alpha = 0`` it is
 fairseq's label-smoothed cross-entropy, with a teacher it adds ``alpha * T^2 * KL``. Evaluation
 reports top-1/top-5, NLL, Shen et al.'s stability ``1 - S`` and the ECE with the accumulators of
 :mod:`lskd.metrics`, summed over ranks.
@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm import tqdm
 
 from lskd.checkpoint import load_checkpoint
-from lskd.losses import KDLoss, topk_scores, word_kd_loss_from_logits
+from lskd.losses import KDLoss, topk_scores, word_kd_loss
 from lskd.metrics import CalibrationAccumulator, StabilityAccumulator
 from lskd.provenance import provenance, write_json
 from lskd.train.config import (ConfigError, KDConfig, TrainConfig, dump_yaml, experiment_differences, from_dict,
@@ -46,20 +46,17 @@ ECE_BINS = 15
 
 def classification_loss(student_logits: torch.Tensor, labels: torch.Tensor, teacher_logits: torch.Tensor | None,
                         kd: KDConfig, label_smoothing: float) -> KDLoss:
-    """The trainer's loss, summed over the batch: ``word_kd_loss_from_logits`` on (N, C) logits.
+    """The trainer's loss, summed over the batch: ``word_kd_loss`` on (N, C) logits.
 
     Without a teacher it is fairseq's label-smoothed cross-entropy; ``kd.topk`` keeps the teacher's
     k best classes (renormalised by the loss's temperature step), as the fairseq criterion does.
     """
     if teacher_logits is None:
-        return word_kd_loss_from_logits(student_logits, labels, None, alpha=0.0, temperature=1.0,
-                                        epsilon=label_smoothing)
-    if kd.topk:
-        values, indices = topk_scores(teacher_logits, kd.topk)
-        return word_kd_loss_from_logits(student_logits, labels, values, alpha=kd.alpha, temperature=kd.temperature,
-                                        epsilon=label_smoothing, teacher_indices=indices)
-    return word_kd_loss_from_logits(student_logits, labels, teacher_logits.float(), alpha=kd.alpha,
-                                    temperature=kd.temperature, epsilon=label_smoothing)
+        return word_kd_loss(student_logits, labels, None, alpha=0.0, temperature=1.0, epsilon=label_smoothing,
+                            student_normalized=False)
+    scores, indices = topk_scores(teacher_logits, kd.topk) if kd.topk else (teacher_logits.float(), None)
+    return word_kd_loss(student_logits, labels, scores, alpha=kd.alpha, temperature=kd.temperature,
+                        epsilon=label_smoothing, teacher_indices=indices, student_normalized=False)
 
 
 def lr_factor(step: int, steps_per_epoch: int, config: TrainConfig) -> float:
