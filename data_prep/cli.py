@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from data_prep.pipeline import PrepOptions, prepare_parallel
-from lskd.corpus import CorpusError
+from lskd.errors import console_script
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -78,13 +78,9 @@ def run(args: argparse.Namespace) -> dict:
                             overwrite=args.overwrite, workers=args.workers, extra=summary)
 
 
+@console_script("lskd-prepare")
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except CorpusError as err:
-        print(f"lskd-prepare: error: {err}", file=sys.stderr)
-        return 2
+    run(build_parser().parse_args(argv))
     return 0
 
 

@@ -31,8 +31,10 @@ import torch
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from lskd.corpus import CorpusError, read_lines, sha256_file, write_lines
-from lskd.provenance import provenance, write_json
+from lskd.corpus import CorpusError, read_lines, write_lines
+from lskd.errors import console_script
+from lskd.prepared import PreparedData, load_prepared
+from lskd.provenance import provenance, sha256_file, write_json
 
 POLICIES = ("copy-reference", "drop")
 
@@ -76,7 +78,7 @@ class Decoder:
         from fairseq import utils
         from fairseq.dataclass.configs import GenerationConfig
 
-        from data_prep.dump_topk import translation_task
+        from fairseq_plugins.tasks import translation_task
         from fairseq_plugins.teacher import load_teachers
 
         self.task = translation_task(bin_dir, src, tgt)
@@ -181,14 +183,14 @@ def collect(out: Path, total: int, chunk_size: int) -> list[dict]:
     return sorted(rows, key=lambda r: r["id"])
 
 
-def merge(prep_dir: Path, prep: dict, out: Path, options: DistillOptions, union: bool, workers: int,
+def merge(data: PreparedData, out: Path, options: DistillOptions, union: bool, workers: int,
           teacher_infos: list[dict]) -> dict[str, Any]:
     """Assemble the distilled split in id order, binarize it with the original dictionaries, write the manifest."""
-    src, tgt, split = prep["options"]["src"], prep["options"]["tgt"], options.split
-    raw_src, raw_ref = read_lines(prep_dir / "raw" / f"{split}.{src}"), read_lines(prep_dir / "raw" / f"{split}.{tgt}")
-    spm_src, spm_ref = read_lines(prep_dir / "spm" / f"{split}.{src}"), read_lines(prep_dir / "spm" / f"{split}.{tgt}")
+    src, tgt, split = data.src, data.tgt, options.split
+    raw_src, raw_ref = read_lines(data.raw(split, src)), read_lines(data.raw(split, tgt))
+    spm_src, spm_ref = read_lines(data.pieces(split, src)), read_lines(data.pieces(split, tgt))
     rows = collect(out, len(raw_src), options.chunk_size)
-    detok = decode_pieces(prep_dir / "spm.model")
+    detok = decode_pieces(data.spm_model)
     pairs, counts = [], Counter()
     for row in rows:
         i = row["id"]
@@ -210,9 +212,9 @@ def merge(prep_dir: Path, prep: dict, out: Path, options: DistillOptions, union:
     write_lines(out / "spm" / f"train.{tgt}", (p[1] for p in pairs))
     write_lines(out / "raw" / f"train.{src}", (p[2] for p in pairs))
     write_lines(out / "raw" / f"train.{tgt}", (p[3] for p in pairs))
-    _binarize_with_original_dictionaries(prep_dir, prep, out, workers)
+    _binarize_with_original_dictionaries(data, out, workers)
     manifest = {
-        "source": {"prep_json": str((prep_dir / "prep.json").resolve()), "fingerprint": prep["fingerprint"], "split": split},
+        "source": {**data.provenance(), "split": split},
         "teachers": teacher_infos,
         "options": asdict(options) | {"union": union},
         "counts": {"inputs": len(raw_src), "outputs": len(pairs), **counts},
@@ -232,22 +234,21 @@ def _timing(out: Path) -> dict[str, float]:
             "generate_seconds": round(sum(r["generate_seconds"] for r in records), 2)}
 
 
-def _binarize_with_original_dictionaries(prep_dir: Path, prep: dict, out: Path, workers: int) -> None:
-    src, tgt = prep["options"]["src"], prep["options"]["tgt"]
-    original_bin = prep_dir / prep["outputs"]["bin_dir"]
+def _binarize_with_original_dictionaries(data: PreparedData, out: Path, workers: int) -> None:
+    src, tgt = data.src, data.tgt
     bin_dir = out / "bin"
     if bin_dir.exists():
         shutil.rmtree(bin_dir)
     command = [sys.executable, "-m", "fairseq_cli.preprocess", "--source-lang", src, "--target-lang", tgt,
-               "--trainpref", str(out / "spm" / "train"), "--validpref", str(prep_dir / "spm" / "valid"),
-               "--testpref", str(prep_dir / "spm" / "test"), "--destdir", str(bin_dir),
-               "--srcdict", str(original_bin / f"dict.{src}.txt"), "--tgtdict", str(original_bin / f"dict.{tgt}.txt"),
+               "--trainpref", str(out / "spm" / "train"), "--validpref", str(data.root / "spm" / "valid"),
+               "--testpref", str(data.root / "spm" / "test"), "--destdir", str(bin_dir),
+               "--srcdict", str(data.dictionary(src)), "--tgtdict", str(data.dictionary(tgt)),
                "--workers", str(workers)]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError("fairseq-preprocess failed:\n" + result.stderr[-3000:])
     for lang in (src, tgt):
-        if sha256_file(bin_dir / f"dict.{lang}.txt") != sha256_file(original_bin / f"dict.{lang}.txt"):
+        if sha256_file(bin_dir / f"dict.{lang}.txt") != sha256_file(data.dictionary(lang)):
             raise RuntimeError(f"dict.{lang}.txt of the distilled data differs from the original dictionary")
     from fairseq.data.indexed_dataset import MMapIndexedDataset
 
@@ -304,41 +305,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@console_script("lskd-distill-corpus")
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return _run(args)
-    except CorpusError as err:
-        print(f"lskd-distill-corpus: error: {err}", file=sys.stderr)
-        return 2
-
-
-def _run(args: argparse.Namespace) -> int:
     from fairseq_plugins.teacher import split_teacher_paths
 
-    prep_path = args.data / "prep.json"
-    if not prep_path.is_file():
-        raise CorpusError(f"{args.data} has no prep.json: prepare it with lskd-prepare first")
+    args = build_parser().parse_args(argv)
+    data = load_prepared(args.data)
     if not 1 <= args.nbest <= args.beam:
         raise CorpusError(f"--nbest {args.nbest} must be between 1 and --beam {args.beam}")
     if args.seq_inter and args.nbest < 2:
         raise CorpusError("--seq-inter chooses among the n-best: give --nbest 2 or more")
-    prep = json.loads(prep_path.read_text(encoding="utf-8"))
     teacher_sha = tuple(sha256_file(p) if os.path.isfile(p) else "missing" for p in split_teacher_paths(args.teacher_path))
     options = DistillOptions(split=args.split, beam=args.beam, lenpen=args.lenpen, max_len_a=args.max_len_a,
                              max_len_b=args.max_len_b, nbest=args.nbest, seq_inter=args.seq_inter,
                              too_long=args.too_long, chunk_size=args.chunk_size,
                              max_source_tokens=args.max_source_tokens, teacher_sha256=teacher_sha)
     _check_options(args.out, options, args.overwrite)
-    total = prep["outputs"]["binarized_sentences"][args.split]
+    total = data.sentences(args.split)
     chunks = chunk_ranges(total, args.chunk_size)
     mine = shard_chunks(chunks, args.num_shards, args.shard_id)
     decoder = None
     if any(not chunk_path(args.out, *c).is_file() for c in mine):
-        decoder = Decoder(args.data / prep["outputs"]["bin_dir"], prep["options"]["src"], prep["options"]["tgt"],
-                          args.teacher_path, options, "cuda" if args.gpu else "cpu")
-        references = read_lines(args.data / "raw" / f"{args.split}.{prep['options']['tgt']}")
-        run_chunks(decoder, args.out, mine, references, args.data / "spm.model", args.batch_size, args.max_chunks)
+        decoder = Decoder(data.bin_dir, data.src, data.tgt, args.teacher_path, options, "cuda" if args.gpu else "cpu")
+        references = read_lines(data.raw(args.split, data.tgt))
+        run_chunks(decoder, args.out, mine, references, data.spm_model, args.batch_size, args.max_chunks)
     left = [c for c in chunks if not chunk_path(args.out, *c).is_file()]
     if left:
         print(f"[lskd-distill-corpus] {len(chunks) - len(left)} of {len(chunks)} chunks done; run again (or the other "
@@ -353,7 +343,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         infos = [asdict(i) for i in decoder.infos] if decoder else [{"path": p, "sha256": s} for p, s in
                                                                    zip(split_teacher_paths(args.teacher_path), teacher_sha)]
-        manifest = merge(args.data, prep, args.out, options, args.union, args.workers, infos)
+        manifest = merge(data, args.out, options, args.union, args.workers, infos)
     finally:
         lock.unlink(missing_ok=True)
     c = manifest["counts"]

@@ -12,27 +12,16 @@ from pathlib import Path
 
 import torch
 
+from lskd.errors import console_script
 from lskd.losses import topk_scores
 from lskd.provenance import provenance
-from lskd.topk_cache import TopKCacheWriter
-
-
-def translation_task(data: Path, src: str | None, tgt: str | None):
-    """A fairseq translation task over ``data``, configured by fairseq's own parser and defaults."""
-    import fairseq_plugins  # noqa: F401  (safe checkpoint loading)
-    from fairseq import options, tasks
-    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
-
-    argv = [str(data), "--task", "translation"]
-    argv += ["--source-lang", src] if src else []
-    argv += ["--target-lang", tgt] if tgt else []
-    args = options.parse_args_and_arch(options.get_generation_parser(), argv)
-    return tasks.setup_task(convert_namespace_to_omegaconf(args).task)
+from lskd.topk_cache import TopKCacheError, TopKCacheWriter
 
 
 def dump_split(task, teachers, infos, split: str, k: int, out: Path, max_tokens: int, device: torch.device) -> dict:
     from fairseq_plugins.data import dataset_sha256
-    from fairseq_plugins.teacher import split_batches, teacher_log_probs
+    from fairseq_plugins.tasks import split_batches
+    from fairseq_plugins.teacher import teacher_log_probs
 
     task.load_dataset(split)
     writer = TopKCacheWriter(
@@ -55,6 +44,7 @@ def dump_split(task, teachers, infos, split: str, k: int, out: Path, max_tokens:
     return writer.close()
 
 
+@console_script("lskd-dump-topk")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lskd-dump-topk", description=__doc__)
     parser.add_argument("data", type=Path, help="fairseq-binarized data directory (dict.*.txt, SPLIT.SRC-TGT.*)")
@@ -68,18 +58,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gpu", action="store_true", help="run the teacher on CUDA")
     args = parser.parse_args(argv)
 
-    from fairseq_plugins.teacher import TeacherError, load_teachers
+    from fairseq_plugins.tasks import translation_task
+    from fairseq_plugins.teacher import load_teachers
 
     task = translation_task(args.data, args.source_lang, args.target_lang)
     if not 0 < args.k <= len(task.target_dictionary):
-        print(f"lskd-dump-topk: error: --k {args.k} must be between 1 and the vocabulary size "
-              f"({len(task.target_dictionary)})", file=sys.stderr)
-        return 2
-    try:
-        teachers, infos = load_teachers(args.teacher_path, task)
-    except TeacherError as err:
-        print(f"lskd-dump-topk: error: {err}", file=sys.stderr)
-        return 2
+        raise TopKCacheError(f"--k {args.k} must be between 1 and the vocabulary size ({len(task.target_dictionary)})")
+    teachers, infos = load_teachers(args.teacher_path, task)
     device = torch.device("cuda" if args.gpu else "cpu")
     teachers = [t.to(device) for t in teachers]
     for split in args.splits.split(","):

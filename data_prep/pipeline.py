@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from lskd.corpus import CorpusError, ParallelSplit, read_parallel, sha256_file, write_lines
-from lskd.provenance import provenance, write_json
+from lskd.corpus import CorpusError, ParallelSplit, read_parallel, write_lines
+from lskd.provenance import provenance, sha256_file, write_json
 
 SPLITS = ("train", "valid", "test")
 #: What this pipeline writes inside the output directory; anything else there is left alone.

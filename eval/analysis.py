@@ -6,7 +6,6 @@ tokens of the split (memory: max_classes x V x 8 bytes).
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any, Sequence
@@ -15,22 +14,11 @@ import torch
 
 from lskd.corpus import CorpusError
 from lskd.metrics import CalibrationAccumulator, StabilityAccumulator
+from lskd.prepared import load_prepared
 from lskd.projection import project_onto_template_plane, save_projection_figure
 from lskd.provenance import provenance, write_json
 
 DEFAULT_MAX_CLASSES = 1000
-
-
-def _task_and_model(checkpoint: Path, data_dir: Path):
-    from data_prep.dump_topk import translation_task
-    from fairseq_plugins.teacher import load_teachers
-
-    prep = json.loads((data_dir / "prep.json").read_text(encoding="utf-8")) if (data_dir / "prep.json").is_file() else None
-    if prep is None:
-        raise CorpusError(f"{data_dir} has no prep.json: prepare it with lskd-prepare first")
-    task = translation_task(data_dir / prep["outputs"]["bin_dir"], prep["options"]["src"], prep["options"]["tgt"])
-    models, infos = load_teachers(str(checkpoint), task)
-    return prep, task, models[0], infos[0]
 
 
 def most_frequent_gold_classes(task, split: str, limit: int) -> torch.Tensor:
@@ -48,9 +36,11 @@ def most_frequent_gold_classes(task, split: str, limit: int) -> torch.Tensor:
 def stability_report(checkpoint: Path, data_dir: Path, split: str, out_dir: Path, max_classes: int = DEFAULT_MAX_CLASSES,
                      max_tokens: int = 4096, device: str = "cpu") -> dict[str, Any]:
     """One teacher-forced pass: stability ``1 - S``, ECE (15 bins), accuracy and entropy; writes JSON."""
-    from fairseq_plugins.teacher import split_batches, teacher_log_probs
+    from fairseq_plugins.tasks import split_batches, task_and_model
+    from fairseq_plugins.teacher import teacher_log_probs
 
-    prep, task, model, info = _task_and_model(checkpoint, data_dir)
+    data = load_prepared(data_dir)
+    task, model, info = task_and_model(checkpoint, data)
     model.to(device)
     dictionary = task.target_dictionary
     classes = most_frequent_gold_classes(task, split, max_classes)
@@ -76,7 +66,7 @@ def stability_report(checkpoint: Path, data_dir: Path, split: str, out_dir: Path
         "per_class_variance": {dictionary[c]: v for c, v in sorted(per_class.items(), key=lambda kv: -kv[1])},
         "checkpoint": {"path": info.path, "sha256": info.sha256, "label_smoothing": info.label_smoothing,
                        "num_updates": info.num_updates},
-        "data": {"prep_json": str((data_dir / "prep.json").resolve()), "fingerprint": prep["fingerprint"]},
+        "data": data.provenance(),
         **provenance(),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -88,9 +78,9 @@ def stability_report(checkpoint: Path, data_dir: Path, split: str, out_dir: Path
 def penultimate_points(checkpoint: Path, data_dir: Path, split: str, tokens: Sequence[str],
                        max_tokens: int = 4096) -> tuple[torch.Tensor, torch.Tensor, float | None]:
     """(N, 2) plane coordinates and (N,) class indices of decoder states whose gold token is one of ``tokens``."""
-    from fairseq_plugins.teacher import split_batches
+    from fairseq_plugins.tasks import split_batches, task_and_model
 
-    _, task, model, info = _task_and_model(checkpoint, data_dir)
+    task, model, info = task_and_model(checkpoint, load_prepared(data_dir))
     dictionary = task.target_dictionary
     ids = [dictionary.index(t) for t in tokens]
     missing = [t for t, i in zip(tokens, ids) if i == dictionary.unk()]

@@ -15,9 +15,10 @@ from typing import Any
 
 import sacrebleu
 
-from lskd.checkpoint import describe_checkpoint
-from lskd.corpus import CorpusError, read_lines, sha256_file, write_lines
-from lskd.provenance import provenance, write_json
+from lskd.checkpoint import CheckpointError
+from lskd.corpus import CorpusError, read_lines, write_lines
+from lskd.prepared import load_prepared
+from lskd.provenance import provenance, sha256_file, write_json
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,8 @@ def describe_system(checkpoint: Path) -> dict[str, Any]:
     ``method``: ``CE`` (trained on the data's own targets), ``word-KD`` (a teacher in the loss),
     ``seq-KD`` (trained on a corpus written by ``lskd-distill-corpus``), or ``seq-KD + word-KD``.
     """
+    from fairseq_plugins.checkpoint import describe_checkpoint
+
     system = describe_checkpoint(checkpoint)
     word_kd = (system["kd_alpha"] or 0) > 0
     teacher_ls = _word_kd_teacher_smoothing(system) if word_kd else None
@@ -143,6 +146,8 @@ def _word_kd_teacher_smoothing(system: dict[str, Any]) -> list[float] | float | 
     elif system["teacher_path"]:
         paths = [p for p in system["teacher_path"].split(":") if p]
         if all(Path(p).is_file() for p in paths):
+            from fairseq_plugins.checkpoint import describe_checkpoint
+
             return [describe_checkpoint(p)["label_smoothing"] for p in paths]
     return None
 
@@ -157,17 +162,14 @@ def _distillation_manifest(bin_dir: str | None) -> dict[str, Any] | None:
 
 def evaluate(checkpoint: Path, data_dir: Path, split: str, out_dir: Path, options: DecodeOptions) -> dict[str, Any]:
     """Decode ``split`` of a ``lskd-prepare`` directory and write hypotheses plus a JSON record."""
-    prep_path = data_dir / "prep.json"
-    if not prep_path.is_file():
-        raise CorpusError(f"{data_dir} has no prep.json: prepare it with lskd-prepare first")
+    data = load_prepared(data_dir)
     if not checkpoint.is_file():
-        raise CorpusError(f"checkpoint not found: {checkpoint}")
-    prep = json.loads(prep_path.read_text(encoding="utf-8"))
-    src, tgt = prep["options"]["src"], prep["options"]["tgt"]
-    references = read_lines(data_dir / "raw" / f"{split}.{tgt}")
+        raise CheckpointError(f"checkpoint not found: {checkpoint}")
+    src, tgt = data.src, data.tgt
+    references = read_lines(data.raw(split, tgt))
     out_dir.mkdir(parents=True, exist_ok=True)
     hypotheses = ordered(
-        generate(checkpoint, data_dir / prep["outputs"]["bin_dir"], split, options, out_dir / f"generate-{split}.log"),
+        generate(checkpoint, data.bin_dir, split, options, out_dir / f"generate-{split}.log"),
         len(references),
     )
     hypothesis_file = out_dir / f"{split}.hyp.{tgt}"
@@ -178,10 +180,10 @@ def evaluate(checkpoint: Path, data_dir: Path, split: str, out_dir: Path, option
         "pair": f"{src}-{tgt}",
         "sentences": len(references),
         "hypotheses_file": str(hypothesis_file),
-        "references_file": str(data_dir / "raw" / f"{split}.{tgt}"),
+        "references_file": str(data.raw(split, tgt)),
         "checkpoint": {"path": str(checkpoint.resolve()), "sha256": sha256_file(checkpoint)},
         "system": describe_system(checkpoint),
-        "data": {"prep_json": str(prep_path.resolve()), "fingerprint": prep["fingerprint"]},
+        "data": data.provenance(),
         "decoding": asdict(options),
         **provenance(),
     }

@@ -6,8 +6,9 @@ import json
 import sys
 from pathlib import Path
 
-from eval.bleu import DecodeOptions, evaluate, format_table, score_files
-from lskd.corpus import CorpusError
+from eval.bleu import DecodeOptions, evaluate, format_table, paired_bootstrap, score_files
+from lskd.corpus import read_lines
+from lskd.errors import console_script
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,47 +57,57 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.command == "table":
-        print(format_table(args.records))
-        return 0
-    try:
-        if args.command == "stability":
-            from eval.analysis import stability_report
+def _stability(args: argparse.Namespace) -> None:
+    from eval.analysis import stability_report
 
-            record = stability_report(args.checkpoint, args.data, args.split, args.out, args.max_classes, args.max_tokens)
-            print(f"1 - S = {record['one_minus_s']:.4f} over {record['classes']} classes, ECE = {record['ece_15_bins']:.4f}, "
-                  f"entropy = {record['mean_entropy_bits']:.3f} bits, accuracy = {record['accuracy']:.4f} "
-                  f"({record['positions']} positions)")
-            return 0
-        if args.command == "project":
-            from eval.analysis import projection_figure
+    record = stability_report(args.checkpoint, args.data, args.split, args.out, args.max_classes, args.max_tokens)
+    print(f"1 - S = {record['one_minus_s']:.4f} over {record['classes']} classes, ECE = {record['ece_15_bins']:.4f}, "
+          f"entropy = {record['mean_entropy_bits']:.3f} bits, accuracy = {record['accuracy']:.4f} "
+          f"({record['positions']} positions)")
 
-            print(projection_figure(args.checkpoints, args.data, args.split, args.tokens, args.out))
-            return 0
-        if args.command == "compare":
-            from eval.bleu import paired_bootstrap
-            from lskd.corpus import read_lines
 
-            result = paired_bootstrap(read_lines(args.baseline), read_lines(args.system), read_lines(args.ref), args.samples)
-            for metric in ("BLEU", "chrF2"):
-                r = result[metric]
-                print(f"{metric}: baseline {r['baseline']:.2f}, system {r['system']:.2f} "
-                      f"({r['system_mean']:.2f} +- {r['system_ci95']:.2f}), p = {r['p_value']:.4f}  ({r['signature']})")
-            return 0
-        if args.command == "bleu":
-            options = DecodeOptions(beam=args.beam, lenpen=args.lenpen, batch_size=args.batch_size, cpu=not args.gpu)
-            scores = evaluate(args.checkpoint, args.data, args.split, args.out, options)["scores"]
-        else:
-            scores = score_files(args.hyp, args.ref)
-    except CorpusError as err:
-        print(f"lskd-eval: error: {err}", file=sys.stderr)
-        return 2
+def _project(args: argparse.Namespace) -> None:
+    from eval.analysis import projection_figure
+
+    print(projection_figure(args.checkpoints, args.data, args.split, args.tokens, args.out))
+
+
+def _compare(args: argparse.Namespace) -> None:
+    result = paired_bootstrap(read_lines(args.baseline), read_lines(args.system), read_lines(args.ref), args.samples)
+    for metric in ("BLEU", "chrF2"):
+        r = result[metric]
+        print(f"{metric}: baseline {r['baseline']:.2f}, system {r['system']:.2f} "
+              f"({r['system_mean']:.2f} +- {r['system_ci95']:.2f}), p = {r['p_value']:.4f}  ({r['signature']})")
+
+
+def _table(args: argparse.Namespace) -> None:
+    print(format_table(args.records))
+
+
+def _print_scores(scores: dict) -> None:
     for result in scores.values():
         print(f"{result['text']}  ({result['signature']})")
-    if args.command == "score":
-        print(json.dumps({k: v["score"] for k, v in scores.items()}))
+
+
+def _bleu(args: argparse.Namespace) -> None:
+    options = DecodeOptions(beam=args.beam, lenpen=args.lenpen, batch_size=args.batch_size, cpu=not args.gpu)
+    _print_scores(evaluate(args.checkpoint, args.data, args.split, args.out, options)["scores"])
+
+
+def _score(args: argparse.Namespace) -> None:
+    scores = score_files(args.hyp, args.ref)
+    _print_scores(scores)
+    print(json.dumps({k: v["score"] for k, v in scores.items()}))
+
+
+COMMANDS = {"bleu": _bleu, "stability": _stability, "project": _project, "compare": _compare, "table": _table,
+            "score": _score}
+
+
+@console_script("lskd-eval")
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    COMMANDS[args.command](args)
     return 0
 
 

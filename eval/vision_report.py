@@ -12,7 +12,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from eval.report import _fmt, assemble_report, load_records, mean_sd, plot_against_temperature, system_name
+from eval.report_layout import assemble_report, fmt, load_records, mean_sd, plot_against_temperature, system_name
 
 
 def data_label(data: dict[str, Any]) -> str:
@@ -47,8 +47,8 @@ def classification_table(rows: list[dict[str, Any]]) -> str:
               "1 - S", "ECE"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
-        cells = [row["system"], row["method"], row["model"], _fmt(row["label_smoothing"]),
-                 _fmt(row["teacher_label_smoothing"]), _fmt(row["temperature"]), _fmt(row["alpha"]), row["data"],
+        cells = [row["system"], row["method"], row["model"], fmt(row["label_smoothing"]),
+                 fmt(row["teacher_label_smoothing"]), fmt(row["temperature"]), fmt(row["alpha"]), row["data"],
                  str(row["seeds"]), mean_sd(row["top1"]), mean_sd(row["top5"]),
                  f"{statistics.mean(row['one_minus_s']):.4f}", f"{statistics.mean(row['ece']):.4f}"]
         lines.append("| " + " | ".join(cells) + " |")
@@ -60,7 +60,7 @@ def plot_top1_vs_temperature(rows: list[dict[str, Any]], path: Path) -> Path | N
     series: dict[str, list[tuple[float, float]]] = defaultdict(list)
     for row in rows:
         if row["temperature"] is not None:
-            label = f"{row['model']}, teacher LS {_fmt(row['teacher_label_smoothing'])}, {row['data']}"
+            label = f"{row['model']}, teacher LS {fmt(row['teacher_label_smoothing'])}, {row['data']}"
             series[label].append((row["temperature"], statistics.mean(row["top1"])))
     return plot_against_temperature(series, "test top-1 (%)", path, legend_size=7)
 
@@ -88,7 +88,7 @@ def summary_lines(rows: list[dict[str, Any]]) -> list[str]:
         teachers = [r for r in rows if r["data"] == data and r["is_teacher"]]
         if teachers:
             lines.append(f"{data} teachers: " + " | ".join(
-                f"LS {_fmt(r['label_smoothing'])}: top-1 {mean_sd(r['top1'])}, 1 - S "
+                f"LS {fmt(r['label_smoothing'])}: top-1 {mean_sd(r['top1'])}, 1 - S "
                 f"{statistics.mean(r['one_minus_s']):.4f}, ECE {statistics.mean(r['ece']):.4f}" for r in teachers))
         students: dict[tuple[str, float], dict[Any, float]] = defaultdict(dict)
         for row in rows:
@@ -98,7 +98,7 @@ def summary_lines(rows: list[dict[str, Any]]) -> list[str]:
             if len(by_teacher) == 2 and 0 in by_teacher:
                 smoothed = next(ls for ls in by_teacher if ls != 0)
                 gap = by_teacher[smoothed] - by_teacher[0]
-                lines.append(f"{data} {model} students, T={_fmt(temperature)}: teacher LS {_fmt(smoothed)} "
+                lines.append(f"{data} {model} students, T={fmt(temperature)}: teacher LS {fmt(smoothed)} "
                              f"{by_teacher[smoothed]:.2f}, LS 0 {by_teacher[0]:.2f} (LS teacher - non-LS teacher: "
                              f"{gap:+.2f} top-1)")
     return lines

@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from lskd.corpus import sha256_file
+from lskd.provenance import sha256_file
 
 
 def split_files(data_dir: str | Path, split: str, src: str, tgt: str) -> list[Path]:

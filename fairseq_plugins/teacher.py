@@ -8,20 +8,20 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
-from lskd.checkpoint import UnsafeCheckpointError, explain_unpickling_error
-from lskd.corpus import sha256_file
+from fairseq_plugins.checkpoint import read_fairseq_state
+from lskd.checkpoint import CheckpointError, UnsafeCheckpointError
+from lskd.errors import LSKDError
+from lskd.provenance import sha256_file
 
 logger = logging.getLogger(__name__)
 
 
-class TeacherError(ValueError):
+class TeacherError(LSKDError, ValueError):
     """A teacher that cannot be used with this student; the message says why."""
 
 
@@ -43,23 +43,13 @@ def split_teacher_paths(teacher_path: str) -> list[str]:
 
 
 def _read_state(path: str) -> dict:
-    """fairseq's own loader (it upgrades old checkpoints and makes ``cfg`` an OmegaConf object)."""
-    from fairseq import checkpoint_utils
-
-    if not os.path.isfile(path):
-        raise TeacherError(f"teacher checkpoint not found: {path}")
+    """The teacher's state through fairseq's loader; a missing or unreadable file is a :class:`TeacherError`."""
     try:
-        state = checkpoint_utils.load_checkpoint_to_cpu(path)
-    except pickle.UnpicklingError as err:
-        explained = explain_unpickling_error(path, err)
-        if isinstance(explained, UnsafeCheckpointError):
-            raise explained from err
-        raise TeacherError(f"teacher checkpoint {explained}") from err
-    except Exception as err:  # a truncated or foreign file: say which and why
-        raise TeacherError(f"teacher checkpoint {path} is unreadable: {type(err).__name__}: {err}") from err
-    if not isinstance(state, dict) or "model" not in state or state.get("cfg") is None:
-        raise TeacherError(f"{path} is not a fairseq checkpoint (no 'model' and 'cfg' entries)")
-    return state
+        return read_fairseq_state(path)
+    except UnsafeCheckpointError:
+        raise
+    except CheckpointError as err:
+        raise TeacherError(f"teacher {err}") from err
 
 
 def _output_vocab_size(model_state: dict) -> int | None:
@@ -140,28 +130,3 @@ def teacher_log_probs(teachers: list[torch.nn.Module], net_input: dict) -> torch
 
     member_lprobs = [t.get_normalized_probs(t(**net_input), log_probs=True) for t in teachers]
     return member_lprobs[0] if len(member_lprobs) == 1 else ensemble_log_probs(member_lprobs)
-
-
-def split_batches(task, models: list[torch.nn.Module], split: str, max_tokens: int, device: torch.device,
-                  desc: str) -> Iterator[dict]:
-    """Every sentence of ``split`` once, unshuffled, in batches the models accept.
-
-    ``required_batch_size_multiple=1`` and ``ignore_invalid_inputs=False``: no tail batch is dropped
-    and an over-long sentence stops the run instead of being skipped. Shows a progress bar.
-    """
-    from fairseq import utils
-    from tqdm import tqdm
-
-    task.load_dataset(split)
-    dataset = task.dataset(split)
-    batches = task.get_batch_iterator(
-        dataset, max_tokens=max_tokens,
-        max_positions=utils.resolve_max_positions(task.max_positions(), *[m.max_positions() for m in models]),
-        ignore_invalid_inputs=False, required_batch_size_multiple=1, num_workers=0,
-    ).next_epoch_itr(shuffle=False)
-    with tqdm(total=len(dataset), unit="sent", desc=desc) as progress:
-        for sample in batches:
-            if device.type == "cuda":
-                sample = utils.move_to_cuda(sample, device)
-            yield sample
-            progress.update(len(sample["id"]))

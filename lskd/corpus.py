@@ -1,28 +1,20 @@
-"""Parallel-corpus utilities: strict reading, line-count checks, hashing and empty-pair filtering.
+"""Parallel-corpus utilities: strict reading, line-count checks and empty-pair filtering.
 
 Every data-producing step in LSKD reads through here, so that a bad byte, a mismatched pair of
 files or a dropped line is reported with the file and line it concerns instead of vanishing.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
+from lskd.errors import LSKDError
 
-class CorpusError(ValueError):
+
+class CorpusError(LSKDError, ValueError):
     """Input data that cannot be used as given; the message names the file and the problem."""
-
-
-def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes (streamed, so large corpora do not load into memory)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(chunk_size), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_lines(path: str | os.PathLike) -> list[str]:

@@ -1,10 +1,11 @@
-"""Provenance for every file LSKD writes: tool versions, the command line, a timestamp.
+"""Provenance for every file LSKD writes: tool versions, the command line, a timestamp, file hashes.
 
 Like sacrebleu's signatures, a number in a report is only useful if one can tell how it was made.
 """
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import os
 import platform
@@ -14,6 +15,15 @@ from importlib import metadata
 from typing import Any
 
 _DISTRIBUTIONS = ("lskd", "ve-fairseq", "torch", "sentencepiece", "sacremoses", "sacrebleu", "numpy")
+
+
+def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes, streamed (corpora and checkpoints need not fit in memory)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(chunk_size), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def tool_versions() -> dict[str, str]:

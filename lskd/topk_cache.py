@@ -16,12 +16,13 @@ import numpy as np
 import torch
 from numpy.lib.format import open_memmap
 
+from lskd.errors import LSKDError
 from lskd.provenance import write_json
 
 MANIFEST = "manifest.json"
 
 
-class TopKCacheError(ValueError):
+class TopKCacheError(LSKDError, ValueError):
     """A cache that is incomplete or does not belong to the data or teacher in use."""
 
 

@@ -1,7 +1,8 @@
 """Strict reading of parallel text: line counts, bad bytes, empty splits and empty-side pairs."""
 import pytest
 
-from lskd.corpus import CorpusError, count_lines, read_lines, read_parallel, sha256_file, write_lines
+from lskd.corpus import CorpusError, count_lines, read_lines, read_parallel, write_lines
+from lskd.provenance import sha256_file
 
 
 def write(path, text: bytes):

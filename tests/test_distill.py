@@ -4,9 +4,7 @@ import json
 import pytest
 
 from conftest import run_module, train_tiny
-from data_prep.distill import chunk_ranges, main as distill_main, shard_chunks
-
-pytestmark = pytest.mark.slow
+from data_prep.distill import DistillOptions, chunk_ranges, collect, main as distill_main, run_chunks, shard_chunks
 FAST = ["--beam", "2", "--max-len-a", "0", "--max-len-b", "5", "--chunk-size", "300", "--batch-size", "128",
         "--workers", "1"]
 
@@ -33,6 +31,7 @@ def files(out):
                                                           "bin/train.de-en.en.bin", "bin/train.de-en.en.idx")}
 
 
+@pytest.mark.slow
 def test_one_line_per_input_in_input_order(slice_1001, uninterrupted):
     data, _ = slice_1001
     manifest = json.loads((uninterrupted / "distill.json").read_text())
@@ -44,6 +43,7 @@ def test_one_line_per_input_in_input_order(slice_1001, uninterrupted):
     assert "distilled_vs_reference" in manifest and manifest["distilled_vs_reference"]["signature"].startswith("nrefs:1")
 
 
+@pytest.mark.slow
 def test_binarized_data_uses_the_original_dictionaries(slice_1001, uninterrupted):
     data, _ = slice_1001
     for lang in ("de", "en"):
@@ -51,6 +51,7 @@ def test_binarized_data_uses_the_original_dictionaries(slice_1001, uninterrupted
     assert (uninterrupted / "bin" / "valid.de-en.en.bin").read_bytes() == (data / "bin" / "valid.de-en.en.bin").read_bytes()
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_output(slice_1001, uninterrupted, tmp_path):
     data, teacher = slice_1001
     out = tmp_path / "out"
@@ -61,6 +62,7 @@ def test_killed_run_resumes_to_the_same_output(slice_1001, uninterrupted, tmp_pa
     assert files(out) == files(uninterrupted)
 
 
+@pytest.mark.slow
 def test_two_shards_merged_equal_one_run(slice_1001, uninterrupted, tmp_path):
     data, teacher = slice_1001
     out = tmp_path / "out"
@@ -71,6 +73,7 @@ def test_two_shards_merged_equal_one_run(slice_1001, uninterrupted, tmp_path):
     assert files(out) == files(uninterrupted)
 
 
+@pytest.mark.slow
 def test_too_long_sources_follow_the_policy_and_are_counted(slice_1001, tmp_path):
     data, teacher = slice_1001
     lengths = [len(line.split()) + 1 for line in (data / "spm" / "train.de").read_text(encoding="utf-8").splitlines()]
@@ -89,6 +92,7 @@ def test_too_long_sources_follow_the_policy_and_are_counted(slice_1001, tmp_path
     assert copied[first_long] == reference[first_long]
 
 
+@pytest.mark.slow
 def test_seq_inter_and_union(slice_1001, tmp_path):
     data, teacher = slice_1001
     out = tmp_path / "inter"
@@ -104,3 +108,40 @@ def test_chunks_and_shards_cover_every_id_once():
     assert chunks == [(0, 300), (300, 600), (600, 900), (900, 1001)]
     shards = shard_chunks(chunks, 3, 0) + shard_chunks(chunks, 3, 1) + shard_chunks(chunks, 3, 2)
     assert sorted(shards) == chunks
+
+
+class FakeDecoder:
+    """Stands in for the teacher: a fixed n-best list per sentence, best model score first."""
+
+    def __init__(self, nbest: dict[int, list[tuple[str, float]]], seq_inter: bool):
+        self.nbest, self.options, self.generate_seconds = nbest, DistillOptions(nbest=2, seq_inter=seq_inter), 0.0
+
+    def too_long(self, sentence_id: int) -> bool:
+        return False
+
+    def decode(self, ids: list[int], batch_size: int) -> dict[int, list[tuple[str, float]]]:
+        return {i: self.nbest[i] for i in ids}
+
+
+@pytest.fixture(scope="module")
+def piece_model(tmp_path_factory):
+    """A tiny SentencePiece model whose pieces are whole words (so pieces read back as the words)."""
+    import sentencepiece as spm
+
+    root = tmp_path_factory.mktemp("spm")
+    words = "the light shines in the darkness and the darkness has not overcome it".split()
+    (root / "text").write_text("\n".join(" ".join(words[i:] + words[:i]) for i in range(len(words))) + "\n")
+    spm.SentencePieceTrainer.train(input=str(root / "text"), model_prefix=str(root / "spm"), vocab_size=13,
+                                   model_type="word", minloglevel=2)
+    return root / "spm.model"
+
+
+@pytest.mark.parametrize("seq_inter", [False, True])
+def test_seq_inter_keeps_the_hypothesis_closest_to_the_reference_not_the_best_scoring(tmp_path, piece_model, seq_inter):
+    references = ["the light shines in the darkness", "the darkness has not overcome it"]
+    nbest = {0: [("▁the ▁darkness ▁has ▁not", -0.1), ("▁the ▁light ▁shines ▁in ▁the ▁darkness", -0.9)],
+             1: [("▁the ▁darkness ▁has ▁not ▁overcome ▁it", -0.2), ("▁the ▁light", -0.3)]}
+    run_chunks(FakeDecoder(nbest, seq_inter), tmp_path, chunk_ranges(2, 1), references, piece_model, 8, None)
+    kept = [row["pieces"] for row in collect(tmp_path, 2, 1)]
+    # Seq-Inter: the second hypothesis of sentence 0 equals its reference; the first of sentence 1 does
+    assert kept == [nbest[0][1][0] if seq_inter else nbest[0][0][0], nbest[1][0][0]]

@@ -41,7 +41,7 @@ def test_two_gloo_processes_match_one_process_on_the_same_batches(bible_slice, t
               "--kd-alpha", "0.5", "--teacher-path", str(trained_checkpoint)]
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
     # each of the 2 workers takes every other batch; one process accumulating 2 batches sees the same pairs
-    two = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29517", "-m",
+    two = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "-m",
                           "fairseq_plugins.torchrun_train", *common, "--distributed-backend", "gloo",
                           "--ddp-backend", "legacy_ddp"], capture_output=True, text=True, cwd=REPO, timeout=600)
     assert two.returncode == 0, two.stderr[-3000:]

@@ -82,9 +82,13 @@ def test_report_renders_a_table_with_seed_statistics_and_stability(tmp_path):
                                    "word-KD T=2 α=0.5 students: teacher LS 0.1: BLEU 11.00 ± 1.41"]
     report = write_report(tmp_path, note="tiny models")
     text = report.read_text()
+    assert "vs temperature" not in text and not (tmp_path / "plots").exists()  # one temperature: nothing to plot
+    assert "sha256 aaaaaaaaaaaa" in text and "bleu-sig" in text and "Settings: tiny models" in text
+
+    fake_bleu(tmp_path / "student_T1_seed1" / "eval" / "bleu-test.json", 9.0, {**student, "kd_temperature": 1.0}, "d")
+    text = write_report(tmp_path).read_text()
     assert "![BLEU vs temperature](plots/bleu_vs_temperature.png)" in text
     assert (tmp_path / "plots" / "bleu_vs_temperature.png").stat().st_size > 1000
-    assert "sha256 aaaaaaaaaaaa" in text and "bleu-sig" in text and "Settings: tiny models" in text
 
 
 def test_summary_compares_the_students_of_ls_and_plain_teachers(tmp_path):
@@ -101,7 +105,7 @@ def test_summary_compares_the_students_of_ls_and_plain_teachers(tmp_path):
     fake_bleu(tmp_path / "student_seqkd_ls0_seed1" / "eval" / "bleu-test.json", 12.0, seqkd("b"), "d")
     fake_bleu(tmp_path / "student_gold_seed1" / "eval" / "bleu-test.json", 11.0, ce(0.0), "e")
     rows = build_rows(tmp_path)
-    assert [r["system"] for r in rows if r["is_teacher"]] == ["teacher_ls0", "teacher_ls0.1"]
+    assert [r.system for r in rows if r.is_teacher] == ["teacher_ls0", "teacher_ls0.1"]
     lines = summary_lines(rows)
     assert lines[1] == ("seq-KD beam 1 students: teacher LS 0: BLEU 12.00 | teacher LS 0.1: BLEU 12.50 "
                         "(LS teacher - non-LS teacher: +0.50 BLEU)")

@@ -5,7 +5,8 @@ import pytest
 
 from data_prep.cli import main as prepare_main
 from data_prep.pipeline import PrepOptions, prepare_parallel
-from lskd.corpus import CorpusError, sha256_file
+from lskd.corpus import CorpusError
+from lskd.provenance import sha256_file
 
 WORDS_DE = ["Haus", "Baum", "Hund", "Katze", "Wasser", "Brot", "Licht", "Weg", "Berg", "Stadt"]
 WORDS_EN = ["house", "tree", "dog", "cat", "water", "bread", "light", "way", "mountain", "city"]

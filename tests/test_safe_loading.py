@@ -7,8 +7,11 @@ import sys
 import pytest
 import torch
 
+import argparse
+
 import fairseq_plugins  # noqa: F401  (what fairseq imports for --user-dir fairseq_plugins)
-from lskd.checkpoint import UnsafeCheckpointError, load_checkpoint
+from fairseq_plugins.checkpoint import load_fairseq_checkpoint
+from lskd.checkpoint import CheckpointError, UnsafeCheckpointError, load_checkpoint
 
 MARKER_ENV = "LSKD_TEST_PAYLOAD_MARKER"
 
@@ -28,8 +31,21 @@ def malicious_checkpoint(path, marker):
     assert not marker.exists()  # saving does not run it
 
 
+def test_fairseq_state_loads_safely_and_the_core_alone_does_not_allow_it(tmp_path):
+    path = tmp_path / "fairseq-like.pt"
+    torch.save({"model": {"w": torch.ones(2)}, "args": argparse.Namespace(arch="transformer")}, path)
+    assert load_fairseq_checkpoint(path)["args"].arch == "transformer"
+    # fairseq's own loaders (fairseq-generate, a resumed fairseq-train) still find it allowed afterwards
+    assert argparse.Namespace in torch.serialization.get_safe_globals()
+    # lskd's core allows no fairseq class by itself: that is the adapter's to say
+    core_only = subprocess.run([sys.executable, "-c", f"from lskd.checkpoint import load_checkpoint; "
+                                f"load_checkpoint({str(path)!r})"], capture_output=True, text=True)
+    assert "UnsafeCheckpointError" in core_only.stderr and "argparse.Namespace" in core_only.stderr
+
+
+@pytest.mark.slow
 def test_fairseq_train_checkpoint_loads_with_weights_only(trained_checkpoint):
-    state = load_checkpoint(trained_checkpoint)
+    state = load_fairseq_checkpoint(trained_checkpoint)
     assert "model" in state and any(k.startswith("encoder.") for k in state["model"])
     # and through fairseq's own loader, which calls torch.load without weights_only
     from fairseq import checkpoint_utils
@@ -43,7 +59,7 @@ def test_payload_is_refused_with_clear_error_and_not_run(tmp_path):
     path = tmp_path / "evil.pt"
     malicious_checkpoint(path, marker)
     with pytest.raises(UnsafeCheckpointError, match="refused to load .*evil.pt.*Nothing from it was executed"):
-        load_checkpoint(path)
+        load_fairseq_checkpoint(path)
     assert not marker.exists()
 
 
@@ -59,10 +75,11 @@ def test_fairseq_loader_also_refuses_the_payload(tmp_path):
 
 
 def test_missing_checkpoint_is_named(tmp_path):
-    with pytest.raises(FileNotFoundError, match="checkpoint not found: .*nope.pt"):
+    with pytest.raises(CheckpointError, match="checkpoint not found: .*nope.pt"):
         load_checkpoint(tmp_path / "nope.pt")
 
 
+@pytest.mark.slow
 def test_generate_loads_checkpoint_without_environment_override(trained_checkpoint, bible_slice):
     """fairseq-generate with --user-dir fairseq_plugins loads the checkpoint: no env var needed."""
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -80,6 +97,6 @@ def test_generate_loads_checkpoint_without_environment_override(trained_checkpoi
 def test_junk_file_is_reported_as_unreadable_not_unsafe(tmp_path):
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint at all")
-    with pytest.raises(ValueError, match="junk.pt is unreadable as a torch checkpoint") as err:
+    with pytest.raises(CheckpointError, match="junk.pt is unreadable as a torch checkpoint") as err:
         load_checkpoint(junk)
     assert not isinstance(err.value, UnsafeCheckpointError)

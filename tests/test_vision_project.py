@@ -6,8 +6,8 @@ from lskd.projection import plane_basis
 from lskd.train.config import load_config
 from lskd.train.trainer import Trainer
 from lskd.vision.data import FASHION_MNIST_DIR, FASHION_MNIST_INSTALL, normalize, read_idx
-from lskd.vision.project import main as project_main
-from lskd.vision.project import penultimate_points
+from eval.vision_project import main as project_main
+from eval.vision_project import penultimate_points
 
 pytestmark = pytest.mark.skipif(not (FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz").is_file(),
                                 reason=f"Fashion-MNIST is not installed: {FASHION_MNIST_INSTALL}")

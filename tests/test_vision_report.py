@@ -50,8 +50,11 @@ def test_classification_report_tabulates_seeds_and_answers_the_papers_question(t
         "balanced teachers: LS 0: top-1 91.00, 1 - S 0.2500, ECE 0.0300 | LS 0.1: top-1 92.00, 1 - S 0.2500, ECE 0.0300",
         "balanced resnet8 students, T=1: teacher LS 0.1 91.00, LS 0 89.25 (LS teacher - non-LS teacher: +1.75 top-1)",
     ]
-    report = write_report(tmp_path, note="smoke")
-    text = report.read_text()
+    text = write_report(tmp_path, note="smoke").read_text()
+    assert "vs temperature" not in text  # one temperature: nothing to plot
+    fake_record(tmp_path / "balanced/student_cnn_ls0.1_T2_seed1/eval/classification-test.json", 88.0, "f",
+                system(teacher=("a", 0.1), temperature=2.0, alpha=1.0))
+    text = write_report(tmp_path, note="smoke").read_text()
     assert "## Results (image classification)" in text and "Settings: smoke" in text
     assert "![top-1 vs temperature](plots/top1_vs_temperature.png)" in text
     assert (tmp_path / "plots" / "top1_vs_temperature.png").stat().st_size > 1000

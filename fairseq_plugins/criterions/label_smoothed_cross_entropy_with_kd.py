@@ -30,9 +30,9 @@ from omegaconf import II
 from fairseq_plugins.data import dataset_sha256
 from fairseq_plugins.teacher import load_teachers, split_teacher_paths, teacher_log_probs
 from lskd.allocator import keep_freed_memory
-from lskd.corpus import sha256_file
 from lskd.losses import topk_scores, validate_kd_args, word_kd_loss
 from lskd.metrics import teacher_statistics
+from lskd.provenance import sha256_file
 from lskd.topk_cache import TopKCache, TopKCacheError
 
 logger = logging.getLogger(__name__)

@@ -12,7 +12,6 @@ bit for bit like an uninterrupted one on CPU.
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import sys
@@ -31,7 +30,7 @@ from tqdm import tqdm
 from lskd.checkpoint import load_checkpoint
 from lskd.losses import KDLoss, topk_scores, word_kd_loss
 from lskd.metrics import CalibrationAccumulator, StabilityAccumulator
-from lskd.provenance import provenance, write_json
+from lskd.provenance import provenance, sha256_file, write_json
 from lskd.train.config import (ConfigError, KDConfig, TrainConfig, dump_yaml, experiment_differences, from_dict,
                                to_dict)
 from lskd.train.distributed import (DistEnv, all_reduce_sum_, broadcast_buffers_, gather_rng_states, pick_device,
@@ -86,14 +85,6 @@ def augmentation_generator(seed: int, epoch: int, rank: int) -> torch.Generator:
     """A generator that depends only on (seed, epoch, rank): nothing to carry across a resume."""
     mixed = int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1, np.uint64)[0])
     return torch.Generator().manual_seed(mixed)
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_trained_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:

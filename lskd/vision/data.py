@@ -17,6 +17,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
+from lskd.errors import LSKDError
+from lskd.provenance import sha256_file
+
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_INSTALL = "sudo apt-get update && sudo apt-get install dataset-fashion-mnist"
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -31,7 +34,7 @@ _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dt
                0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
 
 
-class DataNotFoundError(FileNotFoundError):
+class DataNotFoundError(LSKDError, FileNotFoundError):
     """Data missing on disk; the message says how to get it."""
 
 
@@ -259,7 +262,7 @@ def files_fingerprint(paths: Sequence[Path] | Any, content: bool) -> str:
     for path in paths:
         digest.update(os.fsencode(Path(path).name if content else str(path)))
         if content:
-            digest.update(hashlib.sha256(Path(path).read_bytes()).digest())
+            digest.update(bytes.fromhex(sha256_file(path)))
         else:
             digest.update(str(Path(path).stat().st_size).encode())
     return digest.hexdigest()

@@ -17,9 +17,10 @@ from typing import Sequence
 import torch
 from torch.utils.data import DataLoader, Subset
 
+from lskd.errors import LSKDError, console_script
 from lskd.projection import project_onto_template_plane, save_projection_figure
 from lskd.train.config import TrainConfig, from_dict
-from lskd.vision.data import DataNotFoundError, build_data, normalize
+from lskd.vision.data import build_data, normalize
 
 
 def class_ids(requested: Sequence[str], classes: Sequence[str]) -> list[int]:
@@ -27,7 +28,7 @@ def class_ids(requested: Sequence[str], classes: Sequence[str]) -> list[int]:
     lookup = {name.lower(): index for index, name in enumerate(classes)}
     missing = [name for name in requested if name.lower() not in lookup]
     if missing:
-        raise ValueError(f"unknown class {', '.join(map(repr, missing))}; the classes are: {', '.join(classes)}")
+        raise LSKDError(f"unknown class {', '.join(map(repr, missing))}; the classes are: {', '.join(classes)}")
     return [lookup[name.lower()] for name in requested]
 
 
@@ -71,6 +72,7 @@ def projection_figure(checkpoints: Sequence[str | Path], classes: Sequence[str],
     return save_projection_figure(panels, names, out)
 
 
+@console_script("lskd-vision-project")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lskd-vision-project", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -80,11 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", help="the data, if not where the checkpoints were trained on")
     parser.add_argument("--limit", type=int, help="use only the first N test images")
     args = parser.parse_args(argv)
-    try:
-        print(projection_figure(args.checkpoints, args.classes, args.out, args.data_dir, args.limit))
-    except (DataNotFoundError, ValueError) as err:
-        print(f"lskd-vision-project: error: {err}", file=sys.stderr)
-        return 2
+    print(projection_figure(args.checkpoints, args.classes, args.out, args.data_dir, args.limit))
     return 0
 
 

@@ -1,0 +1,88 @@
+"""The parts of an ``lskd-report`` that NMT and image-classification reports share.
+
+Records are found under a run directory and grouped into systems by directory name (seeds of one
+setting become one row with mean ± sd); the report has one layout: summary, settings, results,
+the temperature plot, every other picture, provenance.
+"""
+from __future__ import annotations
+
+import json
+import re
+import statistics
+from pathlib import Path
+from typing import Any
+
+from lskd.provenance import provenance
+
+_SEED_SUFFIX = re.compile(r"[_-]seed\d+$")
+
+
+def load_records(run_dir: Path, pattern: str) -> list[tuple[Path, dict[str, Any]]]:
+    return [(path, json.loads(path.read_text(encoding="utf-8"))) for path in sorted(run_dir.rglob(pattern))]
+
+
+def system_name(record_path: Path, run_dir: Path) -> str:
+    """The run directory holding ``eval/bleu-*.json`` (or the record's own folder), seed suffix removed."""
+    folder = record_path.parent.parent if record_path.parent.name == "eval" else record_path.parent
+    name = str(folder.relative_to(run_dir)) if folder != run_dir else folder.name
+    return _SEED_SUFFIX.sub("", name)
+
+
+def mean_sd(values: list[float]) -> str:
+    if not values:
+        return "n/a"
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, list):
+        return "/".join(fmt(v) for v in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def plot_against_temperature(series: dict[str, list[tuple[float, float]]], ylabel: str, path: Path,
+                             legend_size: int | None = None) -> Path | None:
+    """One line per series of (T, score) points, T on a log2 axis; None when no series has two temperatures
+    (a plot of single points would carry no information a table does not)."""
+    if not any(len({t for t, _ in points}) > 1 for points in series.values()):
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 4), dpi=100)
+    for label, points in sorted(series.items()):
+        points = sorted(points)
+        axis.plot([t for t, _ in points], [v for _, v in points], marker="o", label=label)
+    axis.set_xscale("log", base=2)
+    axis.set_xlabel("temperature T")
+    axis.set_ylabel(ylabel)
+    axis.legend(fontsize=legend_size)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    plt.close(figure)
+    return path
+
+
+def assemble_report(out: Path, run_dir: Path, summary: list[str], note: str | None, results: list[str],
+                    plot: tuple[Path | None, str], provenance_markdown: str) -> Path:
+    """The report layout shared by NMT and classification runs: summary, settings, results, the
+    temperature plot, every other picture under the report's folder, provenance."""
+    parts = [f"# LSKD report: {run_dir}", "", "## Summary", "", *[f"- {line}" for line in summary], ""]
+    if note:
+        parts += [f"Settings: {note}", ""]
+    parts += [*results, ""]
+    plot_path, plot_title = plot
+    if plot_path:
+        parts += [f"![{plot_title}]({plot_path.relative_to(out.parent)})", ""]
+    pictures = sorted(out.parent.rglob("*.png"))
+    parts += [f"![{p.stem}]({p.relative_to(out.parent)})" for p in pictures if p != plot_path] + [""]
+    parts += [provenance_markdown, f"Report made by `{provenance()['command']}` at {provenance()['created']}."]
+    out.write_text("\n".join(parts) + "\n", encoding="utf-8")
+    return out

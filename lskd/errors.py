@@ -1,0 +1,44 @@
+"""Errors a user can fix, and the one way every LSKD console script reports them.
+
+A console script prints such an error as one line, ``lskd-xxx: error: MESSAGE``, and exits with
+status 2, as argparse does for a bad flag; ``LSKD_DEBUG=1`` shows the traceback instead. Anything
+else (a bug) keeps its traceback.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from typing import Callable, Sequence
+
+DEBUG_VARIABLE = "LSKD_DEBUG"
+
+
+class LSKDError(Exception):
+    """Input, settings or files that cannot be used as given; the message names the file, line or id
+    at fault and, where there is one, the fix."""
+
+
+def one_line(message: str) -> str:
+    """``message`` with its line breaks folded, so that an error is one line of a log."""
+    return " | ".join(part.strip() for part in str(message).splitlines() if part.strip())
+
+
+def console_script(prog: str) -> Callable[[Callable[[Sequence[str] | None], int]], Callable[[Sequence[str] | None], int]]:
+    """Decorate a console script's ``main(argv) -> exit status``: an :class:`LSKDError` becomes
+    ``prog: error: ...`` on stderr and exit status 2 (a traceback only with ``LSKD_DEBUG=1``)."""
+
+    def decorate(main: Callable[[Sequence[str] | None], int]) -> Callable[[Sequence[str] | None], int]:
+        @functools.wraps(main)
+        def run(argv: Sequence[str] | None = None) -> int:
+            try:
+                return main(argv)
+            except LSKDError as err:
+                if os.environ.get(DEBUG_VARIABLE) == "1":
+                    raise
+                print(f"{prog}: error: {one_line(str(err))}", file=sys.stderr)
+                return 2
+
+        return run
+
+    return decorate

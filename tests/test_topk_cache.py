@@ -1,0 +1,77 @@
+"""The offline teacher cache on its own: write in any order, read by id, refuse what does not belong."""
+import numpy as np
+import pytest
+import torch
+
+from lskd.topk_cache import MANIFEST, TopKCache, TopKCacheError, TopKCacheWriter
+
+K = 3
+LENGTHS = [2, 0, 4, 1]  # sentence 1 has no target token at all
+
+
+def entry(sentence_id: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A distinct, recognisable entry per sentence: indices 10*id + position + rank, decreasing probabilities."""
+    indices = torch.tensor([[10 * sentence_id + t + r for r in range(K)] for t in range(length)], dtype=torch.long)
+    probs = torch.tensor([[0.5, 0.25, 0.125]] * length).reshape(length, K)
+    return indices.reshape(length, K), probs
+
+
+def write_cache(directory, order=(3, 0, 2, 1), manifest=None):
+    writer = TopKCacheWriter(directory, K, LENGTHS, manifest or {"data_sha256": "d" * 64, "teacher_sha256": ["t" * 64]})
+    for sid in order:
+        writer.write(sid, *entry(sid, LENGTHS[sid]))
+    return writer.close()
+
+
+def test_entries_written_in_any_order_are_read_back_by_id_with_padding(tmp_path):
+    manifest = write_cache(tmp_path)
+    assert manifest["k"] == K and manifest["sentences"] == 4 and manifest["tokens"] == sum(LENGTHS)
+    cache = TopKCache(tmp_path)
+    indices, log_probs = cache.lookup([2, 0], [4, 2], max_length=5)
+    assert indices.shape == (2, 5, K) and log_probs.shape == (2, 5, K)
+    assert torch.equal(indices[0, :4], entry(2, 4)[0]) and torch.equal(indices[1, :2], entry(0, 2)[0])
+    assert torch.allclose(log_probs[0, :4], torch.log(torch.tensor([0.5, 0.25, 0.125])).expand(4, K))
+    # padding: index 0, log-probability 0
+    assert not indices[1, 2:].any() and not log_probs[1, 2:].any() and not log_probs[0, 4:].any()
+
+
+def test_storage_is_int32_indices_and_fp16_probabilities(tmp_path):
+    write_cache(tmp_path)
+    assert np.load(tmp_path / "indices.npy").dtype == np.int32
+    assert np.load(tmp_path / "probs.npy").dtype == np.float16
+    assert (tmp_path / "indices.npy").stat().st_size - 128 == 4 * K * sum(LENGTHS)  # 128-byte .npy header
+
+
+def test_a_sentence_without_an_entry_leaves_no_finished_cache(tmp_path):
+    with pytest.raises(TopKCacheError, match=r"1 of 4 sentences have no teacher entry \(first ids: \[2\]\)"):
+        write_cache(tmp_path, order=(0, 1, 3))
+    assert not (tmp_path / MANIFEST).exists()
+    with pytest.raises(TopKCacheError, match="is not a finished top-k cache"):
+        TopKCache(tmp_path)
+
+
+def test_an_entry_of_the_wrong_length_is_refused(tmp_path):
+    writer = TopKCacheWriter(tmp_path, K, LENGTHS, {})
+    with pytest.raises(TopKCacheError, match=r"sentence 0: expected 2 target tokens x k=3, got \(3, 3\)"):
+        writer.write(0, *entry(0, 3))
+
+
+def test_other_data_teacher_or_vocabulary_is_refused(tmp_path):
+    write_cache(tmp_path, manifest={"data": "bin:train", "data_sha256": "d" * 64, "teacher_sha256": ["t" * 64]})
+    cache = TopKCache(tmp_path)
+    cache.check(data_sha256="d" * 64, vocab_size=100, teacher_sha256=["t" * 64])  # its own data and teacher
+    with pytest.raises(TopKCacheError, match="was built for data dddddddddddd .*not for this data \\(eeeeeeeeeeee\\)"):
+        cache.check(data_sha256="e" * 64)
+    with pytest.raises(TopKCacheError, match="was built with teacher"):
+        cache.check(data_sha256="d" * 64, teacher_sha256=["u" * 64])
+    with pytest.raises(TopKCacheError, match="k=3 is larger than the vocabulary \\(2\\)"):
+        cache.check(data_sha256="d" * 64, vocab_size=2)
+
+
+def test_lookup_refuses_unknown_ids_and_lengths_of_other_data(tmp_path):
+    write_cache(tmp_path)
+    cache = TopKCache(tmp_path)
+    with pytest.raises(TopKCacheError, match="sentence id 4 is not in the top-k cache \\(4 sentences\\)"):
+        cache.lookup([4], [1], 1)
+    with pytest.raises(TopKCacheError, match="sentence 3: the cache has 1 target tokens but the data has 2"):
+        cache.lookup([3], [2], 2)
