@@ -13,7 +13,7 @@ import re
 import tarfile
 from pathlib import Path
 
-from lskd.corpus import CorpusError, write_lines
+from lskd.corpus import CorpusError, iter_lines, write_lines
 
 #: Metadata lines dropped from the training transcripts, exactly as in fairseq's script (talk
 #: titles and descriptions are kept as text, without their tags).
@@ -34,12 +34,7 @@ def _members(archive: tarfile.TarFile) -> dict[str, tarfile.TarInfo]:
 def _read(archive: tarfile.TarFile, members: dict[str, tarfile.TarInfo], name: str) -> list[str]:
     if name not in members:
         raise CorpusError(f"the archive has no {name}: is it the official IWSLT'14 de-en.tgz?")
-    data = archive.extractfile(members[name]).read()
-    try:
-        return data.decode("utf-8").splitlines()
-    except UnicodeDecodeError as err:
-        line = data[: err.start].count(b"\n") + 1
-        raise CorpusError(f"{name} in the archive, line {line}: not valid UTF-8") from None
+    return list(iter_lines(archive.extractfile(members[name]), f"{name} in the archive"))
 
 
 def _transcript(lines: list[str]) -> list[str]:

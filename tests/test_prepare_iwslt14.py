@@ -7,7 +7,7 @@ import pytest
 
 from data_prep.cli import main as prepare_main
 from data_prep.iwslt14 import extract_iwslt14
-from lskd.corpus import CorpusError
+from lskd.corpus import CorpusError, read_lines
 
 META = ["<url>http://www.ted.com/talks/x.html</url>", "<keywords>talks</keywords>", "<talkid>1</talkid>"]
 
@@ -29,11 +29,17 @@ def xml(name, lang, n):
 
 
 def build_archive(path, train=50, sets=(("TED.dev2010", 3), ("TEDX.dev2012", 2), ("TED.tst2010", 4),
-                                        ("TED.tst2011", 2), ("TED.tst2012", 3))):
-    files = {f"de-en/train.tags.de-en.{lang}": transcript(lang, train) for lang in ("de", "en")}
+                                        ("TED.tst2011", 2), ("TED.tst2012", 3)), text=None, segments=None):
+    """An archive in the official layout; ``text`` (lang -> lines) replaces the generated transcript
+    text and ``segments`` (lang -> {set name: segment texts}) the generated test segments."""
+    files = {f"de-en/train.tags.de-en.{lang}": transcript(lang, train) if text is None else [*META, *text[lang]]
+             for lang in ("de", "en")}
     for name, n in sets:
         for lang in ("de", "en"):
             files[f"de-en/IWSLT14.{name}.de-en.{lang}.xml"] = xml(name, lang, n)
+    for lang, by_set in (segments or {}).items():
+        for name, texts in by_set.items():
+            files[f"de-en/IWSLT14.{name}.de-en.{lang}.xml"] = [f'<seg id="{i}"> {t} </seg>' for i, t in enumerate(texts, 1)]
     with tarfile.open(path, "w:gz") as archive:
         for name, lines in files.items():
             data = ("\n".join(lines) + "\n").encode("utf-8")
@@ -98,3 +104,20 @@ def test_length_filter_matches_clean_corpus_n():
     assert not _keep_by_length("a b", "x y z w")  # ratio 2
     assert not _keep_by_length("a " * 176, "x " * 176)  # too long
     assert not _keep_by_length("", "x")
+
+
+def test_line_separator_inside_a_line_keeps_pairs_and_segments(tmp_path):
+    """U+2028 in German line 5, English line 9 and a tst2010 segment: 40 aligned pairs, every segment."""
+    text = {lang: [f"{word} {n} ist hier ." if lang == "de" else f"{word} {n} is here ." for n in range(1, 41)]
+            for lang, word in (("de", "Satz"), ("en", "sentence"))}
+    text["de"][4] = "Satz 5\u2028ist hier ."
+    text["en"][8] = "sentence 9\u2028is here ."
+    segments = {lang: {"TED.tst2010": [f"{lang} one", f"{lang}\u2028two", f"{lang} three"]} for lang in ("de", "en")}
+    archive = build_archive(tmp_path / "de-en.tgz", sets=(), text=text, segments=segments)
+    paths, summary = extract_iwslt14(archive, tmp_path / "corpus", "de", "en")
+    assert summary["iwslt14"]["extracted_pairs"] == {"train": 39, "valid": 1, "test": 3}
+    train = list(zip(read_lines(paths["train"][0]), read_lines(paths["train"][1])))
+    valid = list(zip(read_lines(paths["valid"][0]), read_lines(paths["valid"][1])))
+    pairs = train[:22] + valid + train[22:]
+    assert pairs == list(zip(text["de"], text["en"]))
+    assert read_lines(paths["test"][0]) == ["de one", "de\u2028two", "de three"]
