@@ -15,10 +15,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from lskd.corpus import CorpusError, ParallelSplit, read_parallel, write_lines
+from lskd.corpus import CorpusError, has_visible_text, read_parallel, write_lines
 from lskd.provenance import provenance, sha256_file, write_json
 
 SPLITS = ("train", "valid", "test")
+#: SentencePiece's word-boundary mark: it stands for a space and prints nothing itself.
+SPM_WORD_BOUNDARY = "\u2581"
 #: What this pipeline writes inside the output directory; anything else there is left alone.
 OUTPUTS = ("raw", "norm", "spm", "bin", "spm.model", "spm.vocab", "prep.json", "prep.pending.json")
 
@@ -55,8 +57,8 @@ def prepare_parallel(
         raise CorpusError(f"vocabulary size {options.vocab_size} is too small (need at least 16)")
     out = Path(out_dir)
     splits = {name: read_parallel(name, *inputs[name]) for name in SPLITS}
-    input_record = _describe_inputs(inputs, splits)
-    fingerprint = _fingerprint(input_record, options)
+    input_files = _describe_input_files(inputs)
+    fingerprint = _fingerprint(input_files, options)
 
     if _claim_out_dir(out, fingerprint, overwrite) == "done":
         record = json.loads((out / "prep.json").read_text(encoding="utf-8"))
@@ -64,33 +66,35 @@ def prepare_parallel(
         return record
 
     langs = (options.src, options.tgt)
-    for directory in ("raw", "norm", "spm"):
-        (out / directory).mkdir(parents=True, exist_ok=True)
-    for split in splits.values():
-        write_lines(out / "raw" / f"{split.name}.{options.src}", split.source)
-        write_lines(out / "raw" / f"{split.name}.{options.tgt}", split.target)
-
+    raw = {(split.name, lang): lines for split in splits.values() for lang, lines in zip(langs, (split.source, split.target))}
     print("[lskd-prepare] normalising punctuation", flush=True)
-    normalised = {
-        (split.name, lang): _normalise(lines, lang, options.normalize_punctuation)
-        for split in splits.values()
-        for lang, lines in zip(langs, (split.source, split.target))
-    }
-    for (name, lang), lines in normalised.items():
-        write_lines(out / "norm" / f"{name}.{lang}", lines)
+    normalised = {(name, lang): _normalise(lines, lang, options.normalize_punctuation) for (name, lang), lines in raw.items()}
 
     print(f"[lskd-prepare] training joint SentencePiece ({options.spm_model_type}, {options.vocab_size})", flush=True)
-    model = _train_sentencepiece([out / "norm" / f"train.{lang}" for lang in langs], out / "spm", options)
-    for (name, lang), lines in normalised.items():
-        write_lines(out / "spm" / f"{name}.{lang}", (" ".join(p) for p in model.encode(lines, out_type=str)))
+    model = _train_sentencepiece([normalised["train", lang] for lang in langs], out, options)
+    encoded = {key: [" ".join(p) for p in model.encode(lines, out_type=str)] for key, lines in normalised.items()}
+
+    kept, dropped = {}, {}
+    for name in SPLITS:
+        kept[name], dropped[name] = _pairs_with_text(encoded[name, options.src], encoded[name, options.tgt])
+        if not kept[name]:
+            raise CorpusError(f"{name} split is empty after dropping pairs with an empty side ({', '.join(map(str, inputs[name]))})")
+    for directory, texts in (("raw", raw), ("norm", normalised), ("spm", encoded)):
+        (out / directory).mkdir(parents=True, exist_ok=True)
+        for (name, lang), lines in texts.items():
+            write_lines(out / directory / f"{name}.{lang}", (lines[i] for i in kept[name]))
 
     print("[lskd-prepare] binarizing with fairseq-preprocess (joined dictionary)", flush=True)
     _binarize(out, options, workers)
-    counts = _check_binarized_counts(out, options, splits)
+    counts = _check_binarized_counts(out, options, {name: len(rows) for name, rows in kept.items()})
 
     record = {
         "fingerprint": fingerprint,
-        "inputs": input_record,
+        "inputs": {
+            name: {**input_files[name], "lines": len(splits[name].source), "dropped_pairs": dropped[name],
+                   "kept_pairs": len(kept[name])}
+            for name in SPLITS
+        },
         "options": asdict(options),
         "outputs": {
             "spm_model": "spm.model",
@@ -109,30 +113,50 @@ def prepare_parallel(
     print(
         "[lskd-prepare] done: "
         + ", ".join(f"{name} {counts[name]}" for name in SPLITS)
-        + f" sentence pairs; {sum(s.dropped_empty for s in splits.values())} empty-side pairs dropped"
+        + f" sentence pairs; {sum(sum(d.values()) for d in dropped.values())} pairs with an empty side dropped"
         + f"; data in {out / 'bin'}",
         flush=True,
     )
     return record
 
 
-def _describe_inputs(inputs: Mapping[str, tuple[str | Path, str | Path]], splits: dict[str, ParallelSplit]) -> dict:
+def _describe_input_files(inputs: Mapping[str, tuple[str | Path, str | Path]]) -> dict:
     return {
         name: {
-            "source": {"path": str(Path(inputs[name][0]).resolve()), "sha256": sha256_file(inputs[name][0])},
-            "target": {"path": str(Path(inputs[name][1]).resolve()), "sha256": sha256_file(inputs[name][1])},
-            "lines": len(split.source) + split.dropped_empty,
-            "dropped_empty_pairs": split.dropped_empty,
-            "kept_pairs": len(split.source),
+            side: {"path": str(Path(path).resolve()), "sha256": sha256_file(path)}
+            for side, path in zip(("source", "target"), inputs[name])
         }
-        for name, split in splits.items()
+        for name in SPLITS
     }
 
 
-def _fingerprint(input_record: dict, options: PrepOptions) -> str:
+def _pairs_with_text(source: list[str], target: list[str]) -> tuple[list[int], dict[str, int]]:
+    """Indices of the pairs whose two encoded sides both carry text, and the others counted by reason.
+
+    A side is judged on its SentencePiece pieces, which fairseq-preprocess binarizes: it is empty
+    when nothing in them prints but the word-boundary mark ``▁`` (pieces that fairseq's
+    ``tokenize_line`` splits away as whitespace print nothing either). So a side that becomes
+    empty only in normalisation (a zero-width space, a control character, a byte-order mark) is
+    dropped, not trained on as an end-of-sentence-only sentence.
+    """
+
+    def has_text(encoded: str) -> bool:
+        return has_visible_text(encoded.replace(SPM_WORD_BOUNDARY, ""))
+
+    kept, dropped = [], {"empty_source": 0, "empty_target": 0, "empty_both": 0}
+    for index, (src, tgt) in enumerate(zip(source, target)):
+        src_ok, tgt_ok = has_text(src), has_text(tgt)
+        if src_ok and tgt_ok:
+            kept.append(index)
+        else:
+            dropped["empty_target" if src_ok else "empty_source" if tgt_ok else "empty_both"] += 1
+    return kept, dropped
+
+
+def _fingerprint(input_files: dict, options: PrepOptions) -> str:
     """Identity of a preparation: input contents and options (paths do not matter)."""
     key = {
-        "inputs": {name: [rec["source"]["sha256"], rec["target"]["sha256"]] for name, rec in input_record.items()},
+        "inputs": {name: [rec["source"]["sha256"], rec["target"]["sha256"]] for name, rec in input_files.items()},
         "options": asdict(options),
     }
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
@@ -169,14 +193,17 @@ def _normalise(lines: list[str], lang: str, enabled: bool) -> list[str]:
     return [normalizer.normalize(line).strip() for line in lines]
 
 
-def _train_sentencepiece(train_files: list[Path], prefix: Path, options: PrepOptions):
-    """Train the joint model and move it to ``spm.model``/``spm.vocab`` beside the split folders."""
+def _train_sentencepiece(train_sides: list[list[str]], out: Path, options: PrepOptions):
+    """Train the joint model on the normalised training text; write ``spm.model``/``spm.vocab`` in ``out``.
+
+    It sees every training line read, including the partner of a side found empty afterwards (that
+    judgement needs this model's encoding); SentencePiece itself skips empty lines.
+    """
     import sentencepiece as spm
 
-    model_prefix = prefix.parent / "spm"
     spm.SentencePieceTrainer.train(
-        input=[str(f) for f in train_files],
-        model_prefix=str(model_prefix),
+        sentence_iterator=(line for side in train_sides for line in side),
+        model_prefix=str(out / "spm"),
         vocab_size=options.vocab_size,
         model_type=options.spm_model_type,
         character_coverage=1.0,
@@ -187,7 +214,7 @@ def _train_sentencepiece(train_files: list[Path], prefix: Path, options: PrepOpt
         num_threads=2,
         minloglevel=2,
     )
-    return spm.SentencePieceProcessor(model_file=f"{model_prefix}.model")
+    return spm.SentencePieceProcessor(model_file=str(out / "spm.model"))
 
 
 def _binarize(out: Path, options: PrepOptions, workers: int) -> None:
@@ -211,18 +238,14 @@ def _binarize(out: Path, options: PrepOptions, workers: int) -> None:
         raise RuntimeError("fairseq-preprocess failed:\n" + "\n".join(tail))
 
 
-def _check_binarized_counts(out: Path, options: PrepOptions, splits: dict[str, ParallelSplit]) -> dict[str, int]:
+def _check_binarized_counts(out: Path, options: PrepOptions, expected: dict[str, int]) -> dict[str, int]:
     """Count sentences in the binarized files; every kept pair must be there, on both sides."""
     from fairseq.data.indexed_dataset import MMapIndexedDataset
 
-    counts = {}
     pair = f"{options.src}-{options.tgt}"
-    for name, split in splits.items():
+    for name, count in expected.items():
         for lang in (options.src, options.tgt):
             found = len(MMapIndexedDataset(str(out / "bin" / f"{name}.{pair}.{lang}")))
-            if found != len(split.source):
-                raise RuntimeError(
-                    f"binarized {name}.{lang} holds {found} sentences but {len(split.source)} were written"
-                )
-        counts[name] = len(split.source)
-    return counts
+            if found != count:
+                raise RuntimeError(f"binarized {name}.{lang} holds {found} sentences but {count} were written")
+    return dict(expected)

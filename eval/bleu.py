@@ -6,6 +6,7 @@ in order: fairseq silently drops a tail batch unless ``--required-batch-size-mul
 """
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from typing import Any
 import sacrebleu
 
 from lskd.checkpoint import CheckpointError
-from lskd.corpus import CorpusError, read_lines, write_lines
+from lskd.corpus import CorpusError, iter_lines, read_lines, write_lines
 from lskd.prepared import load_prepared
 from lskd.provenance import provenance, sha256_file, write_json
 
@@ -92,12 +93,12 @@ def generate(checkpoint: Path, bin_dir: Path, split: str, options: DecodeOptions
         "--post-process", "sentencepiece", "--num-workers", "0",
     ] + (["--cpu"] if options.cpu else [])
     with open(log_path, "w", encoding="utf-8") as log:
-        result = subprocess.run(command, stdout=subprocess.PIPE, stderr=log, text=True)
+        result = subprocess.run(command, stdout=subprocess.PIPE, stderr=log)
     if result.returncode != 0:
         tail = log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-15:]
         raise RuntimeError(f"fairseq-generate failed (exit {result.returncode}):\n" + "\n".join(tail))
     hypotheses = {}
-    for line in result.stdout.splitlines():
+    for line in iter_lines(io.BytesIO(result.stdout), "fairseq-generate output"):
         if line.startswith("D-"):
             ident, _, text = line.split("\t", 2)
             hypotheses[int(ident[2:])] = text
