@@ -21,12 +21,13 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
+from lskd.errors import LSKDError
 from lskd.losses import validate_kd_args
 
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(LSKDError, ValueError):
     """A configuration that cannot describe a run: unknown key, wrong type or meaningless value."""
 
 
