@@ -26,7 +26,7 @@ from lskd.provenance import sha256_file
 
 #: SentencePiece model names of fairseq's published models, in order of preference.
 SPM_NAMES = ("sentencepiece.bpe.model", "spm.model", "sentencepiece.model")
-#: Refuse a subword model when more than this share of its pieces is missing from a dictionary.
+#: Refuse a subword model when more than this share of its pieces is in neither dictionary.
 MAX_MISSING_PIECES = 0.5
 
 
@@ -58,42 +58,67 @@ class TeacherVocabulary:
         }
 
 
-def find_teacher_vocabulary(teacher: str | Path, src: str, tgt: str, *, spm_model: str | Path | None = None,
+def find_teacher_vocabulary(teacher: str | Path | None, src: str, tgt: str, *, spm_model: str | Path | None = None,
                             src_dict: str | Path | None = None, tgt_dict: str | Path | None = None) -> TeacherVocabulary:
-    """The vocabulary of ``teacher`` (a model directory or a checkpoint) for the pair ``src``-``tgt``.
+    """The vocabulary of ``teacher`` (a model directory or a checkpoint) for the pair ``src``-``tgt``;
+    without a teacher, the three files must all be given.
 
     Raises :class:`TeacherVocabularyError` naming each missing file and where it was looked for, or a
     teacher trained on another language pair.
     """
-    teacher = Path(teacher)
-    if not teacher.exists():
+    teacher = Path(teacher) if teacher else None
+    if teacher is not None and not teacher.exists():
         raise TeacherVocabularyError(f"teacher {teacher} does not exist (give a checkpoint or a model directory)")
-    checkpoint = _checkpoint_in(teacher)
-    places = [teacher] if teacher.is_dir() else [teacher.parent]
-    named_spm = None
+    checkpoint = _checkpoint_in(teacher) if teacher else None
+    places = [] if teacher is None else [teacher] if teacher.is_dir() else [teacher.parent]
+    named_spm: list[Path] = []
     if checkpoint is not None:
-        data_dirs, named_spm = _what_the_checkpoint_names(checkpoint, src, tgt)
-        places += data_dirs
+        from fairseq_plugins.checkpoint import load_fairseq_checkpoint
+
+        cfg = load_fairseq_checkpoint(checkpoint).get("cfg") or {}
+        _check_language_pair(checkpoint, cfg, src, tgt)
+        places += checkpoint_data_dirs(checkpoint, cfg)
+        named_spm = _named_sentencepiece_model(checkpoint, cfg)
     looked: dict[str, list[str]] = {}
     found = {
         "--spm-model": Path(spm_model) if spm_model else _first(
-            looked.setdefault("--spm-model", []), ([named_spm] if named_spm else [])
+            looked.setdefault("--spm-model", []), named_spm
             + [p / name for p in places for name in SPM_NAMES] + _only_model_file(places)),
         "--src-dict": Path(src_dict) if src_dict else _first(
-            looked.setdefault("--src-dict", []), [p / name for p in places for name in (f"dict.{src}.txt", "dict.txt")]),
+            looked.setdefault("--src-dict", []), dictionary_candidates(places, src)),
         "--tgt-dict": Path(tgt_dict) if tgt_dict else _first(
-            looked.setdefault("--tgt-dict", []), [p / name for p in places for name in (f"dict.{tgt}.txt", "dict.txt")]),
+            looked.setdefault("--tgt-dict", []), dictionary_candidates(places, tgt)),
     }
     missing = [flag for flag, path in found.items() if path is None]
     if missing:
-        raise TeacherVocabularyError(
-            f"teacher {teacher}: no " + "; no ".join(f"{flag[2:].replace('-', ' ')} (looked for {', '.join(looked[flag])})"
-                                                      for flag in missing)
-            + f"; give {' '.join(missing)} explicitly")
+        whose = f"teacher {teacher}" if teacher else "no --teacher"
+        what = "; no ".join(f"{flag[2:].replace('-', ' ')}" + (f" (looked for {', '.join(looked[flag])})" if looked[flag] else "")
+                            for flag in missing)
+        raise TeacherVocabularyError(f"{whose}: no {what}; give {' '.join(missing)} explicitly")
     for flag, path in found.items():
         if not path.is_file():
             raise TeacherVocabularyError(f"{flag} {path}: no such file")
     return TeacherVocabulary(found["--spm-model"], found["--src-dict"], found["--tgt-dict"], checkpoint)
+
+
+def checkpoint_dictionary(checkpoint: str | Path, cfg: Any, lang: str) -> Path | None:
+    """The dictionary file of ``lang`` a fairseq checkpoint was trained with: beside it (a published
+    model directory) or in the data directory its config names; None when neither holds one."""
+    checkpoint = Path(checkpoint)
+    return _first([], dictionary_candidates([checkpoint.parent, *checkpoint_data_dirs(checkpoint, cfg)], lang))
+
+
+def dictionary_candidates(places: Iterable[Path], lang: str) -> list[Path]:
+    """Where fairseq keeps the dictionary of ``lang``, in order: ``dict.LANG.txt``, then a joined ``dict.txt``."""
+    return [place / name for place in places for name in (f"dict.{lang}.txt", "dict.txt")]
+
+
+def checkpoint_data_dirs(checkpoint: Path, cfg: Any) -> list[Path]:
+    """The data directories a checkpoint's ``cfg.task.data`` names (relative ones as given and beside it)."""
+    from fairseq_plugins.checkpoint import config_value
+
+    data = str(config_value(config_value(cfg, "task", {}), "data") or "")
+    return [path for directory in data.split(os.pathsep) if directory for path in _resolved(directory, checkpoint)]
 
 
 def _checkpoint_in(teacher: Path) -> Path | None:
@@ -122,19 +147,22 @@ def _first(looked: list[str], candidates: Iterable[Path]) -> Path | None:
     return None
 
 
-def _what_the_checkpoint_names(checkpoint: Path, src: str, tgt: str) -> tuple[list[Path], Path | None]:
-    """The data directories and the SentencePiece model a checkpoint's config names (relative paths are
-    tried as given and beside the checkpoint); refuses a checkpoint trained on another language pair."""
-    from fairseq_plugins.checkpoint import _get, load_fairseq_checkpoint
+def _check_language_pair(checkpoint: Path, cfg: Any, src: str, tgt: str) -> None:
+    from fairseq_plugins.checkpoint import config_value
 
-    cfg = load_fairseq_checkpoint(checkpoint).get("cfg") or {}
-    task, bpe = _get(cfg, "task", {}), _get(cfg, "bpe", {})
-    pair = (_get(task, "source_lang"), _get(task, "target_lang"))
+    task = config_value(cfg, "task", {})
+    pair = (config_value(task, "source_lang"), config_value(task, "target_lang"))
     if all(pair) and pair != (src, tgt):
         raise TeacherVocabularyError(f"teacher {checkpoint} translates {pair[0]}-{pair[1]}, not {src}-{tgt}")
-    data = [d for d in str(_get(task, "data") or "").split(os.pathsep) if d]
-    spm = _get(bpe, "sentencepiece_model") if _get(bpe, "_name") == "sentencepiece" else None
-    return [p for d in data for p in _resolved(d, checkpoint)], next(iter(_resolved(spm, checkpoint)), None) if spm else None
+
+
+def _named_sentencepiece_model(checkpoint: Path, cfg: Any) -> list[Path]:
+    """Where the SentencePiece model of a checkpoint trained with ``--bpe sentencepiece`` may lie."""
+    from fairseq_plugins.checkpoint import config_value
+
+    bpe = config_value(cfg, "bpe", {})
+    model = config_value(bpe, "sentencepiece_model") if config_value(bpe, "_name") == "sentencepiece" else None
+    return _resolved(model, checkpoint) if model else []
 
 
 def _resolved(path: str, checkpoint: Path) -> list[Path]:
@@ -143,41 +171,65 @@ def _resolved(path: str, checkpoint: Path) -> list[Path]:
 
 
 def missing_piece_shares(vocabulary: TeacherVocabulary) -> dict[str, float]:
-    """Per side, the share of the SentencePiece model's pieces (control pieces aside) that the
-    dictionary does not hold; above :data:`MAX_MISSING_PIECES` the two were not made together."""
-    import sentencepiece as spm
-    from fairseq.data import Dictionary
+    """Shares of the SentencePiece model's pieces (control pieces aside) that the source dictionary,
+    the target dictionary, and both of them do not hold.
 
-    processor = spm.SentencePieceProcessor(model_file=str(vocabulary.spm_model))
+    A joint model with separate dictionaries leaves each side's dictionary without the other
+    language's pieces, so only ``both`` says whether model and dictionaries were made together.
+    """
+    processor = load_sentencepiece_model(vocabulary.spm_model)
     pieces = [processor.id_to_piece(i) for i in range(processor.get_piece_size())
               if not (processor.is_control(i) or processor.is_unknown(i))]
-    shares = {}
+    missing = {}
     for side, path in (("source", vocabulary.src_dict), ("target", vocabulary.tgt_dict)):
-        dictionary = Dictionary.load(str(path))
-        shares[side] = sum(dictionary.index(p) == dictionary.unk() for p in pieces) / max(len(pieces), 1)
-    return shares
+        dictionary = load_dictionary(path)
+        missing[side] = {p for p in pieces if dictionary.index(p) == dictionary.unk()}
+    missing["both"] = missing["source"] & missing["target"]
+    return {side: len(absent) / max(len(pieces), 1) for side, absent in missing.items()}
+
+
+def load_sentencepiece_model(path: str | Path):
+    """A ``SentencePieceProcessor``; a file that is none is a :class:`TeacherVocabularyError` naming it."""
+    import sentencepiece as spm
+
+    try:
+        return spm.SentencePieceProcessor(model_file=str(path))
+    except (RuntimeError, OSError) as err:
+        raise TeacherVocabularyError(f"{path} is not a SentencePiece model ({err})") from err
+
+
+def load_dictionary(path: str | Path):
+    """A fairseq ``Dictionary``; a file that is none is a :class:`TeacherVocabularyError` naming it."""
+    from fairseq.data import Dictionary
+
+    try:
+        return Dictionary.load(str(path))
+    except Exception as err:  # fairseq raises ValueError, RuntimeError or a bare Exception (encoding)
+        raise TeacherVocabularyError(f"{path} is not a fairseq dictionary: {err}") from err
 
 
 def check_pieces_fit_dictionaries(vocabulary: TeacherVocabulary) -> dict[str, float]:
-    """Refuse a SentencePiece model whose pieces are mostly absent from a dictionary, naming the share."""
+    """Refuse a SentencePiece model whose pieces are mostly in neither dictionary, naming the share;
+    returns :func:`missing_piece_shares`."""
     shares = missing_piece_shares(vocabulary)
-    for side, share in shares.items():
-        if share > MAX_MISSING_PIECES:
-            path = vocabulary.src_dict if side == "source" else vocabulary.tgt_dict
-            raise TeacherVocabularyError(
-                f"{share:.0%} of the pieces of {vocabulary.spm_model} are not in the {side} dictionary {path}: "
-                f"they were not made together (give the teacher's own --spm-model / dictionaries)")
+    if shares["both"] > MAX_MISSING_PIECES:
+        raise TeacherVocabularyError(
+            f"{shares['both']:.0%} of the pieces of {vocabulary.spm_model} are in neither the source dictionary "
+            f"{vocabulary.src_dict} nor the target dictionary {vocabulary.tgt_dict}: they were not made together "
+            f"(give the teacher's own --spm-model, --src-dict and --tgt-dict)")
     return shares
 
 
 def unk_share(piece_lines: Iterable[str], dictionary_path: str | Path) -> tuple[int, int]:
-    """(pieces that map to ``<unk>``, all pieces) over lines of space-separated SentencePiece pieces."""
+    """(pieces that map to ``<unk>``, all pieces) over lines of space-separated SentencePiece pieces,
+    split as ``fairseq-preprocess`` splits them (``fairseq.tokenizer.tokenize_line``; ``</s>`` not counted)."""
     from fairseq.data import Dictionary
+    from fairseq.tokenizer import tokenize_line
 
     dictionary = Dictionary.load(str(dictionary_path))
     unknown = total = 0
     for line in piece_lines:
-        pieces = line.split()
+        pieces = tokenize_line(line)
         total += len(pieces)
         unknown += sum(dictionary.index(p) == dictionary.unk() for p in pieces)
     return unknown, total

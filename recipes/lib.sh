@@ -136,6 +136,17 @@ STUDENT_ARCH=(--arch transformer --encoder-layers 3 --decoder-layers 3
   --encoder-embed-dim 128 --decoder-embed-dim 128 --encoder-ffn-embed-dim 512 --decoder-ffn-embed-dim 512
   --encoder-attention-heads 4 --decoder-attention-heads 4 --share-all-embeddings
   --encoder-normalize-before --decoder-normalize-before --dropout 0.1)
+# share_embeddings_like DATA_DIR: a corpus prepared with separate source and target dictionaries (a
+# teacher's vocabulary, `lskd-prepare --teacher`) cannot share all embeddings: its models share the
+# decoder's input and output embeddings only. (lskd.prepared needs no installed package.)
+share_embeddings_like() {
+  [ -f "$1/prep.json" ] || return 0
+  local sharing
+  sharing=$(PYTHONPATH="$LSKD_ROOT" python3 -c 'import sys; from lskd.prepared import load_prepared
+print("--share-all-embeddings" if load_prepared(sys.argv[1]).joined_dictionary else "--share-decoder-input-output-embed")' "$1") || return 1
+  TEACHER_ARCH=("${TEACHER_ARCH[@]/#--share-all-embeddings/$sharing}")
+  STUDENT_ARCH=("${STUDENT_ARCH[@]/#--share-all-embeddings/$sharing}")
+}
 OPTIMIZATION=(--optimizer adam --adam-betas '(0.9,0.98)' --lr 2e-3 --lr-scheduler inverse_sqrt
   --warmup-updates 200 --max-tokens 2048 --required-batch-size-multiple 1)
 

@@ -27,7 +27,8 @@
 #   LSKD_DATA_DIR=DIR                where the prepared corpus goes (default data/bible-de-en-4k)
 #   LSKD_DEVICE=cpu|gpu              gpu: train and decode on CUDA (default cpu)
 #   LSKD_PREPARED=DIR                your own corpus instead of the Bible: a directory made by
-#                                    `lskd-prepare text ... --out DIR` (its test split is scored)
+#                                    `lskd-prepare text ... --out DIR` (its test split is scored;
+#                                    separate dictionaries share only the decoder's embeddings)
 #   LSKD_PICTURE_TOKENS="a b c"      three target SentencePiece pieces for the penultimate-layer
 #                                    picture (default "▁God ▁Lord ▁water")
 set -euo pipefail
@@ -58,6 +59,7 @@ if [ -n "${LSKD_PREPARED:-}" ]; then
   DATA=$LSKD_PREPARED
   stage "your prepared corpus: $DATA"
   [ "$LSKD_DRY_RUN" = 1 ] || [ -f "$DATA/prep.json" ] || { echo "$DATA has no prep.json: make it with lskd-prepare text ... --out $DATA" >&2; exit 2; }
+  share_embeddings_like "$DATA"
 else
   stage "prepare the Bible De-En corpus (test = John, valid = Ruth + Philemon) in $DATA"
   once "$DATA/prepare.done" - -- lskd-prepare bible --out "$DATA" --vocab-size 4000 "${LIMIT_TRAIN[@]}"

@@ -1,5 +1,6 @@
 """``lskd-prepare text``: the pipeline every corpus goes through, on a small synthetic corpus."""
 import json
+import re
 from collections import Counter
 
 import pytest
@@ -172,3 +173,162 @@ def test_split_with_no_text_left_is_refused_naming_its_files(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("lskd-prepare: error: valid split is empty after dropping pairs with an empty side")
     assert "valid.de" in err and "valid.en" in err and "\n" not in err
+
+
+# -- a teacher's vocabulary (lskd-prepare text --teacher) -----------------------------------------------------------
+def teacher_vocabulary_files(root, prefixes, joined=False, drop_target="\u2581sa", line_end="\n"):
+    """An outside teacher's vocabulary made without lskd-prepare: a SentencePiece model trained on the
+    punctuation-normalised training text with the sentencepiece API, and fairseq dictionaries of its
+    pieces (one joined file, or one per side) written with ``line_end``; ``drop_target`` is left out
+    of the target side."""
+    import sentencepiece as spm
+    from sacremoses import MosesPunctNormalizer
+
+    root.mkdir(parents=True, exist_ok=True)
+    lines = {lang: [MosesPunctNormalizer(lang=lang).normalize(line) for line in read_lines(f"{prefixes['train']}.{lang}")[:60]]
+             for lang in ("de", "en")}
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(lines["de"] + lines["en"]), model_prefix=str(root / "spm"),
+                                   vocab_size=70, minloglevel=2)
+    processor = spm.SentencePieceProcessor(model_file=str(root / "spm.model"))
+    counts = {lang: Counter(p for pieces in processor.encode(lines[lang], out_type=str) for p in pieces)
+              for lang in lines}
+    counts["en"].pop(drop_target)
+
+    def write(path, counter):
+        path.write_bytes("".join(f"{p} {n}{line_end}" for p, n in counter.most_common()).encode("utf-8"))
+        return path
+
+    if joined:
+        joined_dict = write(root / "dict.txt", counts["de"] + counts["en"])
+        return root / "spm.model", joined_dict, joined_dict
+    return root / "spm.model", write(root / "dict.de.txt", counts["de"]), write(root / "dict.en.txt", counts["en"])
+
+
+@pytest.fixture(scope="module")
+def prepared_for_teacher(tmp_path_factory):
+    from fairseq_plugins.teacher_vocabulary import TeacherVocabulary
+
+    root = tmp_path_factory.mktemp("teacher_text")
+    prefixes = make_corpus(root / "corpus")
+    # CRLF dictionaries: fairseq-preprocess rewrites them with \n; bin/ must still hold the teacher's bytes
+    vocabulary = TeacherVocabulary(*teacher_vocabulary_files(root / "teacher", prefixes, line_end="\r\n"), None)
+    return prefixes, vocabulary, root / "out"
+
+
+def test_a_teachers_vocabulary_encodes_binarizes_and_is_recorded(prepared_for_teacher, capsys):
+    import sentencepiece as spm
+
+    prefixes, vocabulary, out = prepared_for_teacher
+    record = prepare_parallel(inputs_of(prefixes), out, PrepOptions("de", "en", vocab_size=None, spm_model_type=None),
+                              vocabulary=vocabulary, workers=1)
+    assert (out / "spm.model").read_bytes() == vocabulary.spm_model.read_bytes()
+    assert (out / "bin" / "dict.de.txt").read_bytes() == vocabulary.src_dict.read_bytes()
+    assert (out / "bin" / "dict.en.txt").read_bytes() == vocabulary.tgt_dict.read_bytes()
+    processor = spm.SentencePieceProcessor(model_file=str(vocabulary.spm_model))
+    for lang in ("de", "en"):
+        want = [" ".join(p) for p in processor.encode(read_lines(out / "norm" / f"test.{lang}"), out_type=str)]
+        assert read_lines(out / "spm" / f"test.{lang}") == want
+    assert record["vocabulary"]["origin"] == "teacher" and record["vocabulary"]["teacher"] is None
+    assert record["vocabulary"]["tgt_dict"] == {"path": str(vocabulary.tgt_dict.resolve()),
+                                                "sha256": sha256_file(vocabulary.tgt_dict)}
+    assert record["outputs"]["joined_dictionary"] is False
+    assert record["outputs"]["binarized_sentences"] == {"train": 69, "valid": 12, "test": 9}
+    # <unk>: the pieces that are not symbols of the dictionary file, counted here; "▁sa" (says) is in
+    # every English sentence and not in the target dictionary
+    symbols = {lang: {line.rsplit(" ", 1)[0] for line in path.read_text(encoding="utf-8").splitlines()}
+               for lang, path in (("de", vocabulary.src_dict), ("en", vocabulary.tgt_dict))}
+    for split in ("train", "valid", "test"):
+        for side, lang in (("source", "de"), ("target", "en")):
+            pieces = [p for line in read_lines(out / "spm" / f"{split}.{lang}") for p in line.split()]
+            unknown = sum(p not in symbols[lang] for p in pieces)
+            assert record["outputs"]["unk"][split][side] == {"unk": unknown, "pieces": len(pieces),
+                                                             "share": round(unknown / len(pieces), 6)}
+        says = sum("says" in line for line in read_lines(out / "raw" / f"{split}.en"))
+        assert record["outputs"]["unk"][split]["target"]["unk"] >= says > 0
+    err = capsys.readouterr().err
+    assert re.search(r"warning: \d+\.\d% of the test target pieces \(\d+ of \d+\) map to <unk> in .*dict.en.txt", err)
+    assert "source pieces" not in err
+
+
+def test_the_teachers_vocabulary_is_part_of_the_fingerprint(prepared_for_teacher, tmp_path, capsys):
+    from fairseq_plugins.teacher_vocabulary import TeacherVocabulary
+
+    prefixes, vocabulary, out = prepared_for_teacher
+    options = PrepOptions("de", "en", vocab_size=None, spm_model_type=None)
+    prepare_parallel(inputs_of(prefixes), out, options, vocabulary=vocabulary, workers=1)
+    assert "already prepared" in capsys.readouterr().out
+    other_target = tmp_path / "dict.en.txt"
+    other_target.write_bytes(vocabulary.tgt_dict.read_bytes().replace(b"\r\n", b"\n"))  # same symbols, other file
+    with pytest.raises(CorpusError, match="already holds prepared data from different inputs"):
+        prepare_parallel(inputs_of(prefixes), out, options,
+                         vocabulary=TeacherVocabulary(vocabulary.spm_model, vocabulary.src_dict, other_target, None))
+
+
+def test_a_teachers_joined_dictionary_stays_joined(tmp_path):
+    from fairseq_plugins.teacher_vocabulary import TeacherVocabulary
+
+    prefixes = make_corpus(tmp_path / "corpus", sizes=(30, 5, 5), special_train_pairs=False)
+    vocabulary = TeacherVocabulary(*teacher_vocabulary_files(tmp_path / "teacher", prefixes, joined=True), None)
+    record = prepare_parallel(inputs_of(prefixes), tmp_path / "out", PrepOptions("de", "en", None, None),
+                              vocabulary=vocabulary, workers=1)
+    assert record["outputs"]["joined_dictionary"] is True
+    for lang in ("de", "en"):
+        assert (tmp_path / "out" / "bin" / f"dict.{lang}.txt").read_bytes() == vocabulary.src_dict.read_bytes()
+
+
+def prepare_cli(tmp_path, prefixes, *args):
+    return prepare_main(["text", "--src", "de", "--tgt", "en", "--out", str(tmp_path / "out"), "--workers", "1",
+                         *[f"--{s}={p}" for s, p in prefixes.items()], *args])
+
+
+def test_vocab_size_with_a_teacher_is_refused(tmp_path, capsys):
+    prefixes = make_corpus(tmp_path / "c", sizes=(20, 5, 5), special_train_pairs=False)
+    assert prepare_cli(tmp_path, prefixes, "--teacher", str(tmp_path), "--vocab-size", "8000") == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("lskd-prepare: error: --vocab-size cannot be combined with --teacher: the vocabulary is the "
+                   "teacher's own SentencePiece model and dictionaries")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_teacher_directory_without_vocabulary_names_what_is_missing(tmp_path, capsys):
+    prefixes = make_corpus(tmp_path / "c", sizes=(20, 5, 5), special_train_pairs=False)
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    (teacher / "dict.en.txt").write_text("\u2581the 3\n", encoding="utf-8")
+    assert prepare_cli(tmp_path, prefixes, "--teacher", str(teacher)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"lskd-prepare: error: teacher {teacher}: no spm model (looked for ")
+    assert f"no src dict (looked for {teacher}/dict.de.txt, {teacher}/dict.txt)" in err
+    assert "no tgt dict" not in err and err.strip().endswith("give --spm-model --src-dict explicitly")
+
+
+def test_a_subword_model_that_does_not_fit_the_dictionaries_is_refused(tmp_path, capsys):
+    prefixes = make_corpus(tmp_path / "c", sizes=(20, 5, 5), special_train_pairs=False)
+    spm_model, src_dict, _ = teacher_vocabulary_files(tmp_path / "teacher", prefixes)
+    foreign = tmp_path / "dict.xx.txt"
+    foreign.write_text("".join(f"w{i} 1\n" for i in range(50)), encoding="utf-8")
+    assert prepare_cli(tmp_path, prefixes, "--spm-model", str(spm_model), "--src-dict", str(foreign),
+                       "--tgt-dict", str(foreign)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert re.match(rf"lskd-prepare: error: 100% of the pieces of {spm_model} are in neither the source dictionary "
+                    rf"{foreign} nor the target dictionary {foreign}", err)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_too_small_vocabulary_is_one_line_and_a_corrected_rerun_is_accepted(tmp_path, capsys):
+    prefixes = make_corpus(tmp_path / "c", sizes=(20, 5, 5), special_train_pairs=False)
+    assert prepare_cli(tmp_path, prefixes, "--vocab-size", "20") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    needed = re.search(r"give --vocab-size (\d+) or more", err)
+    assert err.startswith(f"lskd-prepare: error: SentencePiece cannot train a unigram model of 20 pieces on "
+                          f"{prefixes['train']}.de and {prefixes['train']}.en: the training text holds ")
+    # the needed size: the characters of the normalised training text (a space is "▁"), <unk>, <s> and </s>
+    from sacremoses import MosesPunctNormalizer
+
+    characters = {c for lang in ("de", "en") for line in read_lines(f"{prefixes['train']}.{lang}")
+                  for c in MosesPunctNormalizer(lang=lang).normalize(line).strip().replace(" ", "\u2581")}
+    assert needed and int(needed[1]) == len(characters) + 3
+    assert prepare_cli(tmp_path, prefixes, "--vocab-size", needed[1]) == 0
+    assert json.loads((tmp_path / "out" / "prep.json").read_text())["outputs"]["binarized_sentences"]["train"] == 20

@@ -1,6 +1,7 @@
 """Recipes: the --dry-run commands a GPU user would run, the one "already done" rule (`once` in
 recipes/lib.sh) on fake commands, and the smoke quickstart end to end."""
 import hashlib
+import json
 import os
 import shlex
 import signal
@@ -94,6 +95,19 @@ def test_quickstart_dry_run_lists_teachers_students_and_report():
     smoke = dry_run(recipe="quickstart.sh", LSKD_PROFILE="smoke")
     assert smoke[0][-2:] == ["--limit-train", "1000"]
     assert {c[c.index("--max-update") + 1] for c in smoke if c[0] == "fairseq-train"} == {"30"}
+
+
+@pytest.mark.parametrize("outputs,sharing", [
+    ({"joined_dictionary": True}, "--share-all-embeddings"),
+    ({}, "--share-all-embeddings"),  # prepared before prep.json recorded it: always joined
+    ({"joined_dictionary": False}, "--share-decoder-input-output-embed"),  # lskd-prepare --teacher, separate dictionaries
+])
+def test_a_prepared_corpus_with_separate_dictionaries_shares_only_the_decoders_embeddings(tmp_path, outputs, sharing):
+    (tmp_path / "prep.json").write_text(json.dumps({"outputs": outputs}))
+    trains = [c for c in dry_run(recipe="quickstart.sh", LSKD_PREPARED=str(tmp_path)) if c[0] == "fairseq-train"]
+    assert len(trains) == 2 + 5 and all(c[1].startswith(str(tmp_path)) or "distilled" in c[1] for c in trains)
+    other = ({"--share-all-embeddings", "--share-decoder-input-output-embed"} - {sharing}).pop()
+    assert all(sharing in c and other not in c for c in trains)
 
 
 def run_quickstart(run_dir: Path, data_dir: Path) -> subprocess.CompletedProcess:

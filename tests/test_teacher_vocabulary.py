@@ -1,4 +1,7 @@
 """Finding a teacher's own vocabulary (SentencePiece model, dictionaries) and refusing what does not fit."""
+import re
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -48,7 +51,8 @@ def test_a_published_model_directory_is_read_with_separate_dictionaries(tmp_path
     assert not vocabulary.joined
     record = vocabulary.record()
     assert record["tgt_dict"]["path"].endswith("dict.en.txt") and len(record["spm_model"]["sha256"]) == 64
-    assert check_pieces_fit_dictionaries(vocabulary) == {"source": 0.0, "target": pytest.approx(1 / len(pieces))}
+    assert check_pieces_fit_dictionaries(vocabulary) == {"source": 0.0, "target": pytest.approx(1 / len(pieces)),
+                                                         "both": 0.0}
 
 
 def test_explicit_paths_override_and_an_spm_model_by_another_name_is_found(tmp_path, spm_model):
@@ -87,13 +91,109 @@ def test_a_directory_without_vocabulary_names_what_is_missing_and_where_it_looke
     assert message.endswith("give --spm-model --src-dict --tgt-dict explicitly")
 
 
-def test_a_subword_model_mostly_absent_from_the_dictionary_is_refused_with_the_share(tmp_path, spm_model):
+def test_a_subword_model_mostly_absent_from_the_dictionaries_is_refused_with_the_share(tmp_path, spm_model):
     pieces = pieces_of(spm_model)
-    teacher = model_dir(tmp_path / "m", spm_model, pieces, [f"x{i}" for i in range(len(pieces))])
-    with pytest.raises(TeacherVocabularyError, match=r"100% of the pieces of .* are not in the target dictionary"):
+    other = [f"x{i}" for i in range(len(pieces))]
+    teacher = model_dir(tmp_path / "m", spm_model, other, other[:3] + pieces[:2])
+    with pytest.raises(TeacherVocabularyError, match=rf"{(len(pieces) - 2) / len(pieces):.0%} of the pieces of .*sentencepiece.bpe.model "
+                                                     r"are in neither the source dictionary .*dict.de.txt nor the "
+                                                     r"target dictionary .*dict.en.txt: they were not made together"):
         check_pieces_fit_dictionaries(find_teacher_vocabulary(teacher, "de", "en"))
 
 
-def test_unk_share_counts_pieces_the_dictionary_lacks(tmp_path):
-    dictionary = write_dict(tmp_path / "dict.en.txt", ["▁the", "▁word"])
-    assert unk_share(["▁the ▁word ▁was", "▁god", ""], dictionary) == (2, 4)
+def test_files_that_are_no_subword_model_or_dictionary_are_named(tmp_path, spm_model):
+    pieces = pieces_of(spm_model)
+    teacher = model_dir(tmp_path / "m", spm_model, pieces, pieces)
+    (teacher / "dict.en.txt").write_text("\u2581the\n", encoding="utf-8")  # no count
+    with pytest.raises(TeacherVocabularyError, match=r"m/dict.en.txt is not a fairseq dictionary: Incorrect dictionary"):
+        check_pieces_fit_dictionaries(find_teacher_vocabulary(teacher, "de", "en"))
+    (teacher / "sentencepiece.bpe.model").write_text("not a model")
+    with pytest.raises(TeacherVocabularyError, match=r"m/sentencepiece.bpe.model is not a SentencePiece model"):
+        check_pieces_fit_dictionaries(find_teacher_vocabulary(teacher, "de", "en"))
+
+
+def test_a_joint_subword_model_with_separate_dictionaries_fits(tmp_path, spm_model):
+    """Each side's dictionary holds only its language's pieces: most pieces are missing from one
+    side, none from both."""
+    pieces = pieces_of(spm_model)
+    teacher = model_dir(tmp_path / "m", spm_model, pieces[:4], pieces[4:])
+    shares = check_pieces_fit_dictionaries(find_teacher_vocabulary(teacher, "de", "en"))
+    assert shares["target"] == pytest.approx(4 / len(pieces)) and shares["source"] > 0.5 and shares["both"] == 0
+
+
+def test_unk_share_counts_pieces_the_dictionary_lacks_as_fairseq_splits_them(tmp_path):
+    dictionary = write_dict(tmp_path / "dict.en.txt", ["▁the", "▁word", "<unk>x"])
+    # fairseq splits at any whitespace, U+2028 included; "<unk>" itself and unknown pieces count
+    assert unk_share(["▁the ▁word ▁was", "▁god", "", "▁the\u2028▁word  <unk>\t<unk>x"], dictionary) == (3, 8)
+
+
+# -- the KD criterion's dictionary check (fairseq_plugins.teacher.check_dictionaries) -------------------------------
+def student_task(data, src_symbols, tgt_symbols):
+    """What check_dictionaries reads of a fairseq translation task: its data directory and dictionaries."""
+    from fairseq.data import Dictionary
+
+    data.mkdir(exist_ok=True)
+    dictionaries = {}
+    for lang, symbols in (("de", src_symbols), ("en", tgt_symbols)):
+        dictionaries[lang] = Dictionary.load(str(write_dict(data / f"dict.{lang}.txt", symbols)))
+    return SimpleNamespace(cfg=SimpleNamespace(data=str(data), source_lang="de", target_lang="en"),
+                           source_dictionary=dictionaries["de"], target_dictionary=dictionaries["en"])
+
+
+def teacher_state(data, model=None):
+    return {"cfg": {"task": {"data": str(data), "source_lang": "de", "target_lang": "en"}}, "model": model or {}}
+
+
+def test_a_teacher_with_another_target_dictionary_is_refused_naming_both_files(tmp_path):
+    from fairseq_plugins.teacher import TeacherError, check_dictionaries
+
+    teacher = student_task(tmp_path / "teacher-bin", ["▁a", "▁b"], ["▁the", "▁word", "▁god"])
+    student = student_task(tmp_path / "student-bin", ["▁a", "▁b"], ["▁the", "▁god"])
+    check_dictionaries("t.pt", teacher_state(tmp_path / "teacher-bin"), teacher)  # itself: accepted
+    with pytest.raises(TeacherError) as err:
+        check_dictionaries("t.pt", teacher_state(tmp_path / "teacher-bin"), student)
+    message = str(err.value)
+    assert re.search(r"teacher t.pt was trained with target dictionary .*teacher-bin/dict.en.txt \(7 types\) but the "
+                     r"student's target dictionary is .*student-bin/dict.en.txt \(6 types\)", message)
+    assert "(5, '▁word', '▁god'), (6, '▁god', None)" in message and "one target dictionary" in message
+
+
+def test_a_teacher_with_another_source_dictionary_is_refused_for_online_kd(tmp_path):
+    from fairseq_plugins.teacher import TeacherError, check_dictionaries
+
+    student_task(tmp_path / "teacher-bin", ["▁x", "▁b"], ["▁the"])
+    student = student_task(tmp_path / "student-bin", ["▁a", "▁b"], ["▁the"])
+    with pytest.raises(TeacherError, match=r"source dictionary .*teacher-bin/dict.de.txt \(6 types\) but the student's "
+                                           r"source dictionary is .*student-bin/dict.de.txt .*\(4, '▁x', '▁a'\).*"
+                                           r"the teacher reads the student's source tokens"):
+        check_dictionaries("t.pt", teacher_state(tmp_path / "teacher-bin"), student)
+
+
+def test_a_published_model_directory_is_checked_with_the_dictionaries_beside_the_checkpoint(tmp_path):
+    from fairseq_plugins.teacher import TeacherError, check_dictionaries
+
+    student = student_task(tmp_path / "student-bin", ["▁a"], ["▁the"])
+    model = tmp_path / "model"
+    model.mkdir()
+    write_dict(model / "dict.de.txt", ["▁a"])
+    write_dict(model / "dict.en.txt", ["▁le"])
+    state = teacher_state("/elsewhere/data-bin")  # where it was trained: not here
+    with pytest.raises(TeacherError, match=r"target dictionary .*model/dict.en.txt"):
+        check_dictionaries(str(model / "model.pt"), state, student)
+
+
+def test_without_its_dictionaries_a_teacher_is_checked_by_its_embedding_sizes(tmp_path, caplog):
+    from fairseq_plugins.teacher import TeacherError, check_dictionaries
+
+    student = student_task(tmp_path / "student-bin", ["▁a"], ["▁the", "▁word"])  # 5 source, 6 target types
+    lstm = {"encoder.embed_tokens.weight": torch.zeros(5, 2), "decoder.fc_out.weight": torch.zeros(6, 2)}  # an lstm's
+    check_dictionaries("t.pt", teacher_state(tmp_path / "gone", lstm), student)
+    assert "checked only the target vocabulary size (6)" in caplog.text
+    with pytest.raises(TeacherError, match=r"teacher t.pt has 7 target types but the student's target dictionary "
+                                           r".*student-bin/dict.en.txt has 6"):
+        check_dictionaries("t.pt", teacher_state(tmp_path / "gone", lstm | {"decoder.fc_out.weight": torch.zeros(7, 2)}),
+                           student)
+    with pytest.raises(TeacherError, match=r"teacher t.pt has 9 source types but the student's source dictionary "
+                                           r".*student-bin/dict.de.txt has 5"):
+        check_dictionaries("t.pt", teacher_state(tmp_path / "gone", lstm | {"encoder.embed_tokens.weight": torch.zeros(9, 2)}),
+                           student)
