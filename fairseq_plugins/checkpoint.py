@@ -7,6 +7,12 @@ the plugin package allows exactly the harmless classes fairseq writes, when fair
 (``--user-dir fairseq_plugins``): fairseq's own command-line tools load checkpoints themselves, so
 this one registration is what lets ``fairseq-generate`` or a resumed ``fairseq-train`` read them.
 Anything else, notably a pickled code payload, stays refused.
+
+What stock fairseq 0.12 writes, checked with real ``fairseq-train`` runs (``tests/test_safe_loading.py``):
+``args`` (``argparse.Namespace``, older checkpoints), and with ``--eval-bleu`` the BLEU meters of
+``extra_state["metrics"]``, which sum numpy integer arrays. fp16 / ``--amp`` trainer state
+(``loss_scale``), ``--store-ema``, ``--keep-best-checkpoints`` and ``--patience`` add only tensors,
+numbers and containers.
 """
 from __future__ import annotations
 
@@ -17,10 +23,11 @@ from typing import Any
 
 import torch
 
-from lskd.checkpoint import CheckpointError, allowed, explain_unpickling_error, load_checkpoint
+from lskd.checkpoint import NUMPY_DATA_GLOBALS, CheckpointError, allowed, explain_unpickling_error, load_checkpoint
 
-#: Classes that fairseq checkpoints carry besides tensors and builtin containers.
-FAIRSEQ_SAFE_GLOBALS: list[Any] = [argparse.Namespace]
+#: Classes that fairseq checkpoints carry besides tensors and builtin containers: the legacy ``args``
+#: and numpy's numeric arrays and scalars (``--eval-bleu``'s meters).
+FAIRSEQ_SAFE_GLOBALS: list[Any] = [argparse.Namespace, *NUMPY_DATA_GLOBALS]
 
 
 def register_fairseq_safe_globals() -> None:
@@ -28,8 +35,8 @@ def register_fairseq_safe_globals() -> None:
 
     Called once, when fairseq imports the ``--user-dir`` package, for fairseq's own loaders.
     """
-    known = set(map(id, torch.serialization.get_safe_globals()))
-    missing = [g for g in FAIRSEQ_SAFE_GLOBALS if id(g) not in known]
+    known = set(torch.serialization.get_safe_globals())
+    missing = [g for g in FAIRSEQ_SAFE_GLOBALS if g not in known]
     if missing:
         torch.serialization.add_safe_globals(missing)
 
@@ -54,7 +61,7 @@ def read_fairseq_state(path: str) -> dict[str, Any]:
         with allowed(FAIRSEQ_SAFE_GLOBALS):
             state = checkpoint_utils.load_checkpoint_to_cpu(path)
     except pickle.UnpicklingError as err:
-        raise explain_unpickling_error(path, err) from err
+        raise explain_unpickling_error(path, err, FAIRSEQ_SAFE_GLOBALS) from err
     except Exception as err:  # a truncated or foreign file: say which and why
         raise CheckpointError(f"checkpoint {path} is unreadable: {type(err).__name__}: {err}") from err
     if not isinstance(state, dict) or "model" not in state or state.get("cfg") is None:
