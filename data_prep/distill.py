@@ -307,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 @console_script("lskd-distill-corpus")
 def main(argv: list[str] | None = None) -> int:
-    from fairseq_plugins.teacher import split_teacher_paths
+    from fairseq_plugins.teacher import TeacherError, split_teacher_paths
 
     args = build_parser().parse_args(argv)
     data = load_prepared(args.data)
@@ -315,7 +315,11 @@ def main(argv: list[str] | None = None) -> int:
         raise CorpusError(f"--nbest {args.nbest} must be between 1 and --beam {args.beam}")
     if args.seq_inter and args.nbest < 2:
         raise CorpusError("--seq-inter chooses among the n-best: give --nbest 2 or more")
-    teacher_sha = tuple(sha256_file(p) if os.path.isfile(p) else "missing" for p in split_teacher_paths(args.teacher_path))
+    teacher_paths = [os.path.abspath(p) for p in split_teacher_paths(args.teacher_path)]
+    missing = [p for p in teacher_paths if not os.path.isfile(p)]
+    if missing:  # before anything is written to --out
+        raise TeacherError(f"teacher checkpoint not found: {', '.join(missing)}")
+    teacher_sha = tuple(sha256_file(p) for p in teacher_paths)
     options = DistillOptions(split=args.split, beam=args.beam, lenpen=args.lenpen, max_len_a=args.max_len_a,
                              max_len_b=args.max_len_b, nbest=args.nbest, seq_inter=args.seq_inter,
                              too_long=args.too_long, chunk_size=args.chunk_size,
@@ -342,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         infos = [asdict(i) for i in decoder.infos] if decoder else [{"path": p, "sha256": s} for p, s in
-                                                                   zip(split_teacher_paths(args.teacher_path), teacher_sha)]
+                                                                   zip(teacher_paths, teacher_sha)]
         manifest = merge(data, args.out, options, args.union, args.workers, infos)
     finally:
         lock.unlink(missing_ok=True)

@@ -17,8 +17,13 @@ import sacrebleu
 
 from lskd.checkpoint import CheckpointError
 from lskd.corpus import CorpusError, read_lines, write_lines
+from lskd.errors import LSKDError
 from lskd.prepared import load_prepared
 from lskd.provenance import provenance, sha256_file, write_json
+
+
+class DecodingError(LSKDError, RuntimeError):
+    """fairseq-generate failed; the message gives its last line and where its full log is."""
 
 
 @dataclass(frozen=True)
@@ -94,8 +99,9 @@ def generate(checkpoint: Path, bin_dir: Path, split: str, options: DecodeOptions
     with open(log_path, "w", encoding="utf-8") as log:
         result = subprocess.run(command, stdout=subprocess.PIPE, stderr=log, text=True)
     if result.returncode != 0:
-        tail = log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-15:]
-        raise RuntimeError(f"fairseq-generate failed (exit {result.returncode}):\n" + "\n".join(tail))
+        lines = [line for line in log_path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+        raise DecodingError(f"fairseq-generate failed (exit {result.returncode}): {lines[-1] if lines else 'no output'}; "
+                            f"full log: {log_path}")
     hypotheses = {}
     for line in result.stdout.splitlines():
         if line.startswith("D-"):
@@ -165,6 +171,7 @@ def evaluate(checkpoint: Path, data_dir: Path, split: str, out_dir: Path, option
     data = load_prepared(data_dir)
     if not checkpoint.is_file():
         raise CheckpointError(f"checkpoint not found: {checkpoint}")
+    system = describe_system(checkpoint)  # reads it safely first: a refused checkpoint is never decoded
     src, tgt = data.src, data.tgt
     references = read_lines(data.raw(split, tgt))
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -182,7 +189,7 @@ def evaluate(checkpoint: Path, data_dir: Path, split: str, out_dir: Path, option
         "hypotheses_file": str(hypothesis_file),
         "references_file": str(data.raw(split, tgt)),
         "checkpoint": {"path": str(checkpoint.resolve()), "sha256": sha256_file(checkpoint)},
-        "system": describe_system(checkpoint),
+        "system": system,
         "data": data.provenance(),
         "decoding": asdict(options),
         **provenance(),

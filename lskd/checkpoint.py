@@ -8,6 +8,7 @@ pickle without calling anything in it.
 """
 from __future__ import annotations
 
+import _compat_pickle
 import os
 import pickle
 import re
@@ -141,6 +142,9 @@ class _RecordingUnpickler(pickle.Unpickler):
     a placeholder. Nothing named in the pickle is imported or run."""
 
     def find_class(self, module: str, name: str) -> type:
+        # the names Python 2 used, as protocol 2 writes them (``__builtin__``), mapped as pickle does
+        module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
         return type(name, (_Recorded,), {"name": f"{module}.{name}"})
 
     def persistent_load(self, pid: Any) -> Any:
