@@ -20,6 +20,7 @@ from lskd.corpus import CorpusError, read_lines, write_lines
 from lskd.errors import LSKDError
 from lskd.prepared import load_prepared
 from lskd.provenance import provenance, sha256_file, write_json
+from lskd.scoring import bleu_metric, corpus_metrics
 
 
 class DecodingError(LSKDError, RuntimeError):
@@ -43,8 +44,13 @@ def plugin_dir() -> str:
     return str(Path(fairseq_plugins.__file__).resolve().parent)
 
 
-def score(hypotheses: list[str], references: list[str]) -> dict[str, dict[str, Any]]:
-    """Corpus BLEU, chrF and TER with their sacrebleu signatures; counts must match."""
+def score(hypotheses: list[str], references: list[str], tgt_lang: str | None = None,
+          tokenize: str | None = None) -> dict[str, dict[str, Any]]:
+    """Corpus BLEU, chrF and TER with their sacrebleu signatures; counts must match.
+
+    BLEU is tokenized for ``tgt_lang`` as ``sacrebleu -l SRC-TGT`` does, or by ``tokenize``
+    (:func:`lskd.scoring.bleu_metric`).
+    """
     if len(hypotheses) != len(references):
         raise CorpusError(
             f"{len(hypotheses)} hypotheses but {len(references)} references: refusing to score a partial output"
@@ -52,13 +58,14 @@ def score(hypotheses: list[str], references: list[str]) -> dict[str, dict[str, A
     if not references:
         raise CorpusError("no references to score against")
     results = {}
-    for name, metric in (("bleu", sacrebleu.BLEU()), ("chrf", sacrebleu.CHRF()), ("ter", sacrebleu.TER())):
+    for name, metric in corpus_metrics(tgt_lang, tokenize).items():
         result = metric.corpus_score(hypotheses, [references])
         results[name] = {"score": round(result.score, 2), "signature": str(metric.get_signature()), "text": str(result)}
     return results
 
 
-def paired_bootstrap(baseline: list[str], system: list[str], references: list[str], samples: int = 1000) -> dict[str, Any]:
+def paired_bootstrap(baseline: list[str], system: list[str], references: list[str], samples: int = 1000,
+                     tgt_lang: str | None = None, tokenize: str | None = None) -> dict[str, Any]:
     """sacrebleu's paired bootstrap resampling (``--paired-bs``): is ``system`` really better than ``baseline``?"""
     from sacrebleu.significance import PairedTest
 
@@ -66,7 +73,8 @@ def paired_bootstrap(baseline: list[str], system: list[str], references: list[st
         raise CorpusError(f"paired test needs equal counts: baseline {len(baseline)}, system {len(system)}, "
                           f"references {len(references)}")
     test = PairedTest([("baseline", baseline), ("system", system)],
-                      {"BLEU": sacrebleu.BLEU(), "chrF": sacrebleu.CHRF()}, [references], test_type="bs", n_samples=samples)
+                      {"BLEU": bleu_metric(tgt_lang, tokenize), "chrF": sacrebleu.CHRF()}, [references], test_type="bs",
+                      n_samples=samples)
     signatures, results = test()
     return {
         metric: {"baseline": results[metric][0].score, "system": results[metric][1].score,
@@ -76,13 +84,14 @@ def paired_bootstrap(baseline: list[str], system: list[str], references: list[st
     } | {"samples": samples}
 
 
-def score_files(hypothesis_file: str | Path, reference_file: str | Path) -> dict[str, dict[str, Any]]:
+def score_files(hypothesis_file: str | Path, reference_file: str | Path, tgt_lang: str | None = None,
+                tokenize: str | None = None) -> dict[str, dict[str, Any]]:
     hypotheses, references = read_lines(hypothesis_file), read_lines(reference_file)
     if len(hypotheses) != len(references):
         raise CorpusError(
             f"{hypothesis_file} has {len(hypotheses)} lines but {reference_file} has {len(references)}"
         )
-    return score(hypotheses, references)
+    return score(hypotheses, references, tgt_lang, tokenize)
 
 
 def generate(checkpoint: Path, bin_dir: Path, split: str, options: DecodeOptions, log_path: Path) -> dict[int, str]:
@@ -166,9 +175,14 @@ def _distillation_manifest(bin_dir: str | None) -> dict[str, Any] | None:
     return json.loads(manifest.read_text(encoding="utf-8"))
 
 
-def evaluate(checkpoint: Path, data_dir: Path, split: str, out_dir: Path, options: DecodeOptions) -> dict[str, Any]:
-    """Decode ``split`` of a ``lskd-prepare`` directory and write hypotheses plus a JSON record."""
+def evaluate(checkpoint: Path, data_dir: Path, split: str, out_dir: Path, options: DecodeOptions,
+             tokenize: str | None = None) -> dict[str, Any]:
+    """Decode ``split`` of a ``lskd-prepare`` directory and write hypotheses plus a JSON record.
+
+    BLEU is tokenized for the data's target language (``prep.json``), or by ``tokenize``.
+    """
     data = load_prepared(data_dir)
+    corpus_metrics(data.tgt, tokenize)  # a tokenizer that cannot run fails now, not after decoding
     if not checkpoint.is_file():
         raise CheckpointError(f"checkpoint not found: {checkpoint}")
     system = describe_system(checkpoint)  # reads it safely first: a refused checkpoint is never decoded
@@ -182,7 +196,7 @@ def evaluate(checkpoint: Path, data_dir: Path, split: str, out_dir: Path, option
     hypothesis_file = out_dir / f"{split}.hyp.{tgt}"
     write_lines(hypothesis_file, hypotheses)
     record = {
-        "scores": score(hypotheses, references),
+        "scores": score(hypotheses, references, tgt, tokenize),
         "split": split,
         "pair": f"{src}-{tgt}",
         "sentences": len(references),

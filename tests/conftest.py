@@ -59,3 +59,19 @@ def second_checkpoint(bible_slice, tmp_path_factory) -> Path:
     train_tiny(bible_slice / "bin", save_dir, "--criterion", "label_smoothed_cross_entropy",
                "--label-smoothing", "0", seed=2)
     return save_dir / "checkpoint_last.pt"
+
+
+@pytest.fixture(scope="session")
+def bible_en_zh(tmp_path_factory) -> Path:
+    """English to Chinese (a target written without spaces), the training split cut to 300 verses."""
+    out = tmp_path_factory.mktemp("bible") / "en-zh"
+    run_module("data_prep.cli", "bible", "--src", "en", "--tgt", "zh", "--out", str(out), "--limit-train", "300",
+               "--vocab-size", "1500")  # each Chinese character is a piece: 300 verses hold ~900
+    return out
+
+
+@pytest.fixture(scope="session")
+def en_zh_checkpoint(bible_en_zh, tmp_path_factory) -> Path:
+    save_dir = tmp_path_factory.mktemp("ckpt-en-zh")
+    train_tiny(bible_en_zh / "bin", save_dir, "--criterion", "label_smoothed_cross_entropy", updates=2)
+    return save_dir / "checkpoint_last.pt"

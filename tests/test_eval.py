@@ -135,3 +135,82 @@ def test_stability_and_projection_on_a_real_checkpoint(bible_slice, trained_chec
     assert png.read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(CorpusError, match="not in the target dictionary"):
         projection_figure([trained_checkpoint], bible_slice, "valid", ["▁the", "▁and", "▁zzzunknownzzz"], tmp_path / "x.png")
+
+
+def chinese_lines(count: int = 20, changed: int = 2) -> tuple[list[str], list[str]]:
+    """``count`` Chinese reference lines (no spaces, as Chinese is written) and hypotheses that differ from
+    them in ``changed`` characters each."""
+    pool = "天地人日月山水火木金土风云雨雪花草鸟鱼虫马牛羊家国城门书画歌舞春夏秋冬东南西北大小多少"
+    references = ["".join(pool[(7 * i + 3 * j) % len(pool)] for j in range(10 + i % 5)) for i in range(count)]
+    hypotheses = []
+    for i, line in enumerate(references):
+        chars = list(line)
+        for k in range(changed):
+            chars[2 + 4 * k] = "们的了是在"[(i + k) % 5]
+        hypotheses.append("".join(chars))
+    return hypotheses, references
+
+
+def sacrebleu_cli(ref, hyp, *options):
+    return json.loads(subprocess.run([sys.executable, "-m", "sacrebleu", str(ref), "-i", str(hyp), "-m", "bleu",
+                                      "-b", "-w", "2", *options], capture_output=True, text=True, check=True).stdout)
+
+
+def test_chinese_is_scored_with_the_tokenizer_sacrebleu_uses_for_chinese(tmp_path, capsys):
+    hypotheses, references = chinese_lines()
+    hyp, ref = write(tmp_path / "hyp.zh", hypotheses), write(tmp_path / "ref.zh", references)
+    expected = sacrebleu_cli(ref, hyp, "-l", "en-zh")
+    assert expected == sacrebleu_cli(ref, hyp, "--tokenize", "zh") and expected > 40  # two characters per line
+    assert sacrebleu_cli(ref, hyp) == 0.0  # 13a: every line is one "word"
+    for argv in (["--tgt-lang", "zh"], ["--tgt-lang", "zh-CN"], ["--tokenize", "zh"]):
+        assert eval_main(["score", "--hyp", str(hyp), "--ref", str(ref), *argv]) == 0
+        out = capsys.readouterr().out
+        assert json.loads(out.splitlines()[-1])["bleu"] == expected and "tok:zh" in out
+    scores = score_files(hyp, ref, tgt_lang="zh")
+    assert scores["bleu"]["score"] == expected and "|tok:zh|" in scores["bleu"]["signature"]
+    assert score_files(hyp, ref)["bleu"]["score"] == 0.0  # no language given: sacrebleu's default, as its CLI
+    bootstrap = paired_bootstrap(references, hypotheses, references, samples=50, tgt_lang="zh")
+    assert bootstrap["BLEU"]["system"] == pytest.approx(expected, abs=0.01) and "tok:zh" in bootstrap["BLEU"]["signature"]
+
+
+def test_a_tokenizer_that_cannot_run_is_one_clear_line(tmp_path, capsys, monkeypatch):
+    from sacrebleu.tokenizers import tokenizer_ja_mecab
+
+    monkeypatch.setattr(tokenizer_ja_mecab, "MeCab", None)  # as without sacrebleu[ja]
+    hyp, ref = write(tmp_path / "hyp.ja", ["今日は良い天気です"]), write(tmp_path / "ref.ja", ["今日は悪い天気です"])
+    assert eval_main(["score", "--hyp", str(hyp), "--ref", str(ref), "--tgt-lang", "ja"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "pip install sacrebleu[ja]" in error and "--tokenize" in error
+    assert eval_main(["score", "--hyp", str(hyp), "--ref", str(ref), "--tgt-lang", "ja", "--tokenize", "char"]) == 0
+    assert "tok:char" in capsys.readouterr().out
+
+
+def test_japanese_with_mecab_matches_sacrebleu_cli(tmp_path):
+    pytest.importorskip("MeCab")
+    pytest.importorskip("ipadic")
+    hyp = write(tmp_path / "hyp.ja", ["今日は良い天気です", "私は学校へ行きました"])
+    ref = write(tmp_path / "ref.ja", ["今日は悪い天気です", "私は学校に行きました"])
+    ours = score_files(hyp, ref, tgt_lang="ja")["bleu"]
+    assert ours["score"] == sacrebleu_cli(ref, hyp, "-l", "en-ja") and "tok:ja-mecab" in ours["signature"]
+
+
+def test_the_tokenizer_choice_is_sacrebleus_own():
+    import sacrebleu
+
+    from lskd.scoring import DEFAULT_TOKENIZER, LANGUAGE_TOKENIZERS, bleu_tokenizer
+
+    assert LANGUAGE_TOKENIZERS == sacrebleu.BLEU._TOKENIZER_MAP and DEFAULT_TOKENIZER == sacrebleu.BLEU.TOKENIZER_DEFAULT
+    assert [bleu_tokenizer(lang) for lang in ("zh", "zh_TW", "ZH-cn", "ja", "ko", "de", None)] == \
+        ["zh", "zh", "zh", "ja-mecab", "ko-mecab", "13a", "13a"]
+    assert bleu_tokenizer("zh", "char") == "char"
+
+
+@pytest.mark.slow
+def test_bleu_of_a_chinese_target_is_tokenized_for_chinese(bible_en_zh, en_zh_checkpoint, tmp_path):
+    """lskd-eval bleu takes the target language from prep.json, as sacrebleu -l en-zh does."""
+    assert eval_main(["bleu", "--checkpoint", str(en_zh_checkpoint), "--data", str(bible_en_zh), "--split", "valid",
+                      "--beam", "1", "--out", str(tmp_path)]) == 0
+    record = json.loads((tmp_path / "bleu-valid.json").read_text())
+    assert "|tok:zh|" in record["scores"]["bleu"]["signature"]
+    expected = sacrebleu_cli(record["references_file"], record["hypotheses_file"], "-l", "en-zh")
+    assert record["scores"]["bleu"]["score"] == expected
