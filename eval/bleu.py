@@ -134,43 +134,55 @@ def ordered(hypotheses: dict[int, str], expected: int) -> list[str]:
 def describe_system(checkpoint: Path) -> dict[str, Any]:
     """How the scored checkpoint was trained, including its teacher's label smoothing (for reports).
 
-    ``method``: ``CE`` (trained on the data's own targets), ``word-KD`` (a teacher in the loss),
-    ``seq-KD`` (trained on a corpus written by ``lskd-distill-corpus``), or ``seq-KD + word-KD``.
+    ``method``: ``CE`` (trained on the data's own targets), ``word-KD`` (the KD criterion with
+    ``kd_alpha > 0``), ``seq-KD`` (trained on a corpus written by ``lskd-distill-corpus``), ``seq-KD +
+    word-KD``, or ``unknown`` when the training data cannot be found, so that seq-KD cannot be told
+    from CE (a word-KD student stays ``word-KD``, with a warning). Paths are resolved from the checkpoint, not the current directory
+    (:func:`fairseq_plugins.checkpoint.describe_checkpoint`); what cannot be found is a warning in
+    ``warnings`` and an unknown (None) teacher label smoothing, never another method.
     """
     from fairseq_plugins.checkpoint import describe_checkpoint
 
     system = describe_checkpoint(checkpoint)
-    word_kd = (system["kd_alpha"] or 0) > 0
-    teacher_ls = _word_kd_teacher_smoothing(system) if word_kd else None
-    distilled = _distillation_manifest(system["data"])
+    warnings = system["warnings"]
+    word_kd = (system["kd_alpha"] or 0) > 0  # kd_alpha is the KD criterion's own option
+    teacher_ls = _word_kd_teacher_smoothing(system, warnings) if word_kd else None
+    data_found = system["data"] is not None and Path(system["data"].split(":")[0]).is_dir()
+    distilled = _distillation_manifest(system["data"]) if data_found else None
     if distilled is not None:
         teacher_ls = teacher_ls or [t.get("label_smoothing") for t in distilled["teachers"]]
         system["distill_beam"] = distilled["options"]["beam"]
         system["distill_teachers"] = [t["path"] for t in distilled["teachers"]]
     system["teacher_label_smoothing"] = teacher_ls
     methods = (["seq-KD"] if distilled is not None else []) + (["word-KD"] if word_kd else [])
-    system["method"] = " + ".join(methods) or "CE"
+    system["method"] = " + ".join(methods) or ("CE" if data_found else "unknown")
+    if not data_found:
+        warnings.append("without its training data, whether it learned from a sequence-level KD corpus is unknown")
     return system
 
 
-def _word_kd_teacher_smoothing(system: dict[str, Any]) -> list[float] | float | None:
+def _word_kd_teacher_smoothing(system: dict[str, Any], warnings: list[str]) -> list[float] | float | None:
+    """The label smoothing of a word-KD student's teacher(s), from the top-k cache's manifest or the
+    teacher checkpoints; None, with a warning, when they cannot be read."""
     if system["teacher_topk_cache"]:
         manifest = Path(system["teacher_topk_cache"]) / "train" / "manifest.json"
         if manifest.is_file():
             return json.loads(manifest.read_text(encoding="utf-8")).get("teacher_label_smoothing")
+        warnings.append(f"teacher label smoothing unknown: no top-k cache manifest {manifest}")
     elif system["teacher_path"]:
         paths = [p for p in system["teacher_path"].split(":") if p]
         if all(Path(p).is_file() for p in paths):
             from fairseq_plugins.checkpoint import describe_checkpoint
 
             return [describe_checkpoint(p)["label_smoothing"] for p in paths]
+        warnings.append("teacher label smoothing unknown: its teacher checkpoint is not found")
     return None
 
 
-def _distillation_manifest(bin_dir: str | None) -> dict[str, Any] | None:
+def _distillation_manifest(bin_dir: str) -> dict[str, Any] | None:
     """``distill.json`` of the sequence-level KD corpus a model was trained on, if it was."""
-    manifest = Path(bin_dir).parent / "distill.json" if bin_dir else None
-    if manifest is None or not manifest.is_file():
+    manifest = Path(bin_dir.split(":")[0]).parent / "distill.json"
+    if not manifest.is_file():
         return None
     return json.loads(manifest.read_text(encoding="utf-8"))
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import pickle
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -78,25 +79,83 @@ def _get(config: Any, key: str, default: Any = None) -> Any:
     return getattr(config, key, default)
 
 
+#: How many directories above a checkpoint's own a relative path it stores is looked for, when the
+#: directory fairseq-train ran in cannot be inferred (``runs/NAME/SYSTEM/seedN/`` is four deep).
+SEARCH_PARENTS = 4
+
+
+def training_directory(checkpoint: str | os.PathLike, cfg: Any) -> Path | None:
+    """The directory ``fairseq-train`` ran in, inferred from its ``--save-dir`` (fairseq records no working
+    directory): a relative ``runs/x`` holding ``/work/runs/x/checkpoint_last.pt`` means ``/work``.
+
+    None when ``--save-dir`` was absolute, climbs (``..``), or the checkpoint no longer lies under it.
+    """
+    save_dir = _get(_get(cfg, "checkpoint", {}), "save_dir")
+    if not save_dir or os.path.isabs(save_dir):
+        return None
+    parts = Path(os.path.normpath(save_dir)).parts
+    folder = Path(os.path.abspath(checkpoint)).parent
+    if ".." in parts:
+        return None
+    if not parts:  # "."
+        return folder
+    return Path(*folder.parts[: -len(parts)]) if folder.parts[-len(parts):] == parts else None
+
+
+def search_bases(checkpoint: str | os.PathLike, cfg: Any) -> list[Path]:
+    """Where a relative path from a checkpoint's config is looked up, in order: the training directory
+    (:func:`training_directory`), then the checkpoint's directory and its :data:`SEARCH_PARENTS`
+    parents. Never the current directory: a record must not depend on where a command runs."""
+    folder = Path(os.path.abspath(checkpoint)).parent
+    bases = [training_directory(checkpoint, cfg), folder, *folder.parents[:SEARCH_PARENTS]]
+    return list(dict.fromkeys(base for base in bases if base is not None))
+
+
+def resolve_stored_paths(label: str, stored: str | None, checkpoint: str | os.PathLike, cfg: Any,
+                         warnings: list[str]) -> str | None:
+    """``stored`` (one path, or several joined by ``:`` as fairseq's data shards and LSKD's teacher
+    ensembles are) with each part made absolute where it exists (:func:`search_bases`); a part found
+    nowhere stays as stored and adds a warning to ``warnings`` that says where it was looked for."""
+    if not stored:
+        return stored
+    bases = search_bases(checkpoint, cfg)
+    resolved = []
+    for part in str(stored).split(":"):
+        candidates = [Path(part)] if os.path.isabs(part) else [Path(os.path.normpath(b / part)) for b in bases]
+        found = next((c for c in candidates if c.exists()), None)
+        if found is None:
+            warnings.append(f"{label} {part} not found" if os.path.isabs(part) else
+                            f"{label} {part} (relative to where fairseq-train ran) not found under "
+                            f"{', '.join(map(str, bases))}")
+        resolved.append(str(found) if found else part)
+    return ":".join(resolved)
+
+
 def describe_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """What a fairseq checkpoint says about how it was trained: criterion, smoothing, KD knobs, teacher.
 
-    Reports use it so that every row says which teacher and which distillation settings made it.
+    Reports use it so that every row says which teacher and which distillation settings made it. The
+    paths fairseq stored as given (teacher, top-k cache, data) come back absolute, resolved by
+    :func:`resolve_stored_paths` so that the answer does not depend on the current directory; one
+    that cannot be found is kept as stored and named in ``warnings``.
     """
     state = load_fairseq_checkpoint(path)
     cfg = state.get("cfg") or {}
     criterion, model, task = _get(cfg, "criterion", {}), _get(cfg, "model", {}), _get(cfg, "task", {})
     history = state.get("optimizer_history") or [{}]
+    warnings: list[str] = []
     return {
         "criterion": _get(criterion, "_name"),
         "label_smoothing": _get(criterion, "label_smoothing"),
         "kd_alpha": _get(criterion, "kd_alpha"),
         "kd_temperature": _get(criterion, "kd_temperature"),
-        "teacher_path": _get(criterion, "teacher_path"),
+        "teacher_path": resolve_stored_paths("teacher", _get(criterion, "teacher_path"), path, cfg, warnings),
         "teacher_topk": _get(criterion, "teacher_topk"),
-        "teacher_topk_cache": _get(criterion, "teacher_topk_cache"),
+        "teacher_topk_cache": resolve_stored_paths("top-k cache", _get(criterion, "teacher_topk_cache"), path, cfg,
+                                                   warnings),
         "arch": _get(model, "arch") or _get(model, "_name"),
-        "data": _get(task, "data"),
+        "data": resolve_stored_paths("training data", _get(task, "data"), path, cfg, warnings),
         "seed": _get(_get(cfg, "common", {}), "seed"),
         "num_updates": history[-1].get("num_updates"),
+        "warnings": warnings,
     }

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from fairseq_plugins.checkpoint import read_fairseq_state
+from fairseq_plugins.checkpoint import read_fairseq_state, resolve_stored_paths
 from lskd.checkpoint import CheckpointError, UnsafeCheckpointError
 from lskd.errors import LSKDError
 from lskd.provenance import sha256_file
@@ -64,7 +64,9 @@ def check_dictionary(path: str, state: dict, student_dict, target_lang: str) -> 
     from fairseq.data import Dictionary
 
     task_cfg = state["cfg"]["task"]
-    data = str(task_cfg.get("data", "") or "").split(":")[0]
+    # as stored, relative to where the teacher was trained: resolved from the checkpoint, not the current directory
+    data = resolve_stored_paths("teacher data", str(task_cfg.get("data", "") or "").split(":")[0], path,
+                                state["cfg"], []) or ""
     dict_file = Path(data) / f"dict.{task_cfg.get('target_lang') or target_lang}.txt"
     if data and dict_file.is_file():
         teacher_dict = Dictionary.load(str(dict_file))

@@ -41,14 +41,16 @@ def trained_checkpoint(bible_slice, tmp_path_factory) -> Path:
     return save_dir / "checkpoint_last.pt"
 
 
-def train_tiny(data: Path, save_dir: Path, *extra: str, updates: int = 4, seed: int = 1) -> subprocess.CompletedProcess:
-    """fairseq-train a tiny model for a few updates; returns the finished process (log in stdout/stderr)."""
+def train_tiny(data: Path, save_dir: Path, *extra: str, updates: int = 4, seed: int = 1,
+               cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """fairseq-train a tiny model for a few updates (paths relative to ``cwd``, if given); returns the
+    finished process (log in stdout/stderr)."""
     return run_module(
         "fairseq_cli.train", str(data), "--user-dir", str(REPO / "fairseq_plugins"),
         *TINY_TRANSFORMER, "--cpu", "--optimizer", "adam", "--lr", "1e-3",
         "--max-tokens", "1024", "--max-update", str(updates), "--required-batch-size-multiple", "1",
         "--save-dir", str(save_dir), "--no-epoch-checkpoints", "--num-workers", "0", "--seed", str(seed),
-        "--log-format", "simple", "--log-interval", "1", *extra,
+        "--log-format", "simple", "--log-interval", "1", *extra, cwd=cwd,
     )
 
 

@@ -2,6 +2,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -214,3 +215,116 @@ def test_bleu_of_a_chinese_target_is_tokenized_for_chinese(bible_en_zh, en_zh_ch
     assert "|tok:zh|" in record["scores"]["bleu"]["signature"]
     expected = sacrebleu_cli(record["references_file"], record["hypotheses_file"], "-l", "en-zh")
     assert record["scores"]["bleu"]["score"] == expected
+
+
+def fairseq_like_checkpoint(path, criterion: dict, data: str, save_dir: str):
+    """The parts of a fairseq checkpoint that describe_system reads; paths stored as fairseq-train was given them."""
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": {}, "cfg": {"criterion": criterion, "task": {"data": data}, "model": {"arch": "transformer"},
+                                     "checkpoint": {"save_dir": save_dir}, "common": {"seed": 1}},
+                "optimizer_history": [{"num_updates": 4}]}, path)
+    return path
+
+
+@pytest.fixture
+def relative_run(tmp_path):
+    """A run directory whose students were trained (from ``work/``) with relative paths, as the README's
+    commands are: a word-KD student, a seq-KD student, and the teacher and data they name."""
+    work = tmp_path / "work"
+    (work / "data" / "bin").mkdir(parents=True)
+    (work / "distilled" / "bin").mkdir(parents=True)
+    teacher = fairseq_like_checkpoint(work / "teachers" / "t.pt", {"_name": "label_smoothed_cross_entropy",
+                                                                   "label_smoothing": 0.1}, "data/bin", "teachers")
+    (work / "distilled" / "distill.json").write_text(json.dumps(
+        {"teachers": [{"path": str(teacher), "label_smoothing": 0.1}], "options": {"beam": 1}}))
+    kd = {"_name": "label_smoothed_cross_entropy_with_kd", "label_smoothing": 0.0, "kd_alpha": 0.5,
+          "kd_temperature": 1.0, "teacher_path": "teachers/t.pt", "teacher_topk": 0, "teacher_topk_cache": None}
+    ce = {"_name": "label_smoothed_cross_entropy", "label_smoothing": 0.0}
+    fairseq_like_checkpoint(work / "runs" / "word_kd" / "checkpoint_last.pt", kd, "data/bin", "runs/word_kd")
+    fairseq_like_checkpoint(work / "runs" / "seq_kd" / "checkpoint_last.pt", ce, "distilled/bin", "runs/seq_kd")
+    # trained with an absolute --save-dir that is gone: found from the checkpoint's parents
+    fairseq_like_checkpoint(work / "runs" / "moved_run" / "checkpoint_last.pt", kd, "data/bin", "/gone/word_kd")
+    return work
+
+
+def test_a_record_does_not_depend_on_the_directory_it_is_written_from(relative_run, tmp_path, monkeypatch):
+    from eval.bleu import describe_system
+
+    described = {}
+    for cwd in (relative_run, tmp_path):
+        monkeypatch.chdir(cwd)
+        described[cwd] = {name: describe_system(relative_run / "runs" / name / "checkpoint_last.pt")
+                          for name in ("word_kd", "seq_kd", "moved_run")}
+    assert described[relative_run] == described[tmp_path]
+    word_kd, seq_kd, moved = (described[tmp_path][name] for name in ("word_kd", "seq_kd", "moved_run"))
+    assert word_kd["method"] == "word-KD" and word_kd["teacher_label_smoothing"] == [0.1]
+    assert word_kd["teacher_path"] == str(relative_run / "teachers" / "t.pt") and word_kd["warnings"] == []
+    assert word_kd["data"] == str(relative_run / "data" / "bin")
+    assert seq_kd["method"] == "seq-KD" and seq_kd["teacher_label_smoothing"] == [0.1] and seq_kd["distill_beam"] == 1
+    assert moved == word_kd
+
+
+def test_a_path_that_cannot_be_resolved_is_a_warning_never_another_method(relative_run, tmp_path):
+    from eval.bleu import describe_system
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for name in ("word_kd", "seq_kd"):
+        (elsewhere / f"{name}.pt").write_bytes((relative_run / "runs" / name / "checkpoint_last.pt").read_bytes())
+    word_kd, seq_kd = describe_system(elsewhere / "word_kd.pt"), describe_system(elsewhere / "seq_kd.pt")
+    # the KD criterion with alpha > 0 is word-KD whatever is missing; its teacher's label smoothing is unknown
+    assert word_kd["method"] == "word-KD" and word_kd["teacher_label_smoothing"] is None
+    assert word_kd["warnings"][:2] == [
+        f"teacher teachers/t.pt (relative to where fairseq-train ran) not found under {elsewhere}, "
+        f"{', '.join(map(str, list(elsewhere.parents)[:4]))}",
+        "training data data/bin (relative to where fairseq-train ran) not found under " + ", ".join(
+            map(str, [elsewhere, *list(elsewhere.parents)[:4]]))]
+    assert "teacher label smoothing unknown: its teacher checkpoint is not found" in word_kd["warnings"]
+    # without its data a seq-KD student cannot be told from a CE one: unknown, never CE
+    assert seq_kd["method"] == "unknown" and seq_kd["teacher_label_smoothing"] is None
+    assert any(w.startswith("training data distilled/bin (relative to where") for w in seq_kd["warnings"])
+
+    fake_bleu(tmp_path / "run" / "word_kd" / "eval" / "bleu-test.json", 10.0, word_kd, "a")
+    fake_bleu(tmp_path / "run" / "seq_kd" / "eval" / "bleu-test.json", 9.0, seq_kd, "b")
+    table = markdown_table(build_rows(tmp_path / "run")).splitlines()
+    assert table[2].startswith("| seq_kd | unknown | unknown |") and table[3].startswith("| word_kd | word-KD T=1 α=0.5 | unknown |")
+    text = write_report(tmp_path / "run").read_text()
+    assert "## Warnings" in text and "- **word_kd**: teacher teachers/t.pt (relative to where fairseq-train ran)" in text
+
+
+@pytest.mark.slow
+def test_students_trained_with_relative_paths_are_recorded_alike_from_another_directory(bible_slice,
+                                                                                        trained_checkpoint, tmp_path):
+    """fairseq-train and lskd-distill-corpus given relative paths in one directory; lskd-eval bleu and
+    lskd-report run in another: word-KD and seq-KD students keep their method and their teacher's LS."""
+    from conftest import run_module, train_tiny
+
+    from eval.bleu import describe_system
+
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    (work / "teachers").mkdir(parents=True)
+    elsewhere.mkdir()
+    (work / "data").symlink_to(bible_slice)
+    (work / "teachers" / "t.pt").write_bytes(trained_checkpoint.read_bytes())  # label smoothing 0.1
+    train_tiny(Path("data/bin"), Path("runs/word_kd"), "--criterion", "label_smoothed_cross_entropy_with_kd",
+               "--teacher-path", "teachers/t.pt", "--kd-alpha", "0.5", updates=1, cwd=work)
+    run_module("data_prep.distill", "--data", "data", "--teacher-path", "teachers/t.pt", "--out", "distilled",
+               "--beam", "1", "--max-len-a", "0", "--max-len-b", "5", "--workers", "1", cwd=work)
+    assert Path(json.loads((work / "distilled" / "distill.json").read_text())["teachers"][0]["path"]).is_absolute()
+    train_tiny(Path("distilled/bin"), Path("runs/seq_kd"), "--criterion", "label_smoothed_cross_entropy", updates=1,
+               cwd=work)
+    records = {}
+    for name in ("word_kd", "seq_kd"):
+        checkpoint = work / "runs" / name / "checkpoint_last.pt"
+        run_module("eval.cli", "bleu", "--checkpoint", str(checkpoint), "--data", str(bible_slice), "--split",
+                   "valid", "--beam", "1", "--out", f"run/{name}/eval", cwd=elsewhere)
+        records[name] = json.loads((elsewhere / "run" / name / "eval" / "bleu-valid.json").read_text())["system"]
+        assert records[name] == json.loads(json.dumps(describe_system(checkpoint)))  # as from any directory
+    assert records["word_kd"]["method"] == "word-KD" and records["word_kd"]["teacher_label_smoothing"] == [0.1]
+    assert records["seq_kd"]["method"] == "seq-KD" and records["seq_kd"]["teacher_label_smoothing"] == [0.1]
+    assert records["word_kd"]["warnings"] == records["seq_kd"]["warnings"] == []
+    run_module("eval.report", "run", cwd=elsewhere)
+    table = (elsewhere / "run" / "report.md").read_text()
+    assert "| seq_kd | seq-KD beam 1 | LS 0.1 |" in table and "| word_kd | word-KD T=1 α=0.5 | LS 0.1 |" in table
