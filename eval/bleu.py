@@ -137,9 +137,9 @@ def describe_system(checkpoint: Path) -> dict[str, Any]:
     ``method``: ``CE`` (trained on the data's own targets), ``word-KD`` (the KD criterion with
     ``kd_alpha > 0``), ``seq-KD`` (trained on a corpus written by ``lskd-distill-corpus``), ``seq-KD +
     word-KD``, or ``unknown`` when the training data cannot be found, so that seq-KD cannot be told
-    from CE (a word-KD student stays ``word-KD``, with a warning). Paths are resolved from the checkpoint, not the current directory
-    (:func:`fairseq_plugins.checkpoint.describe_checkpoint`); what cannot be found is a warning in
-    ``warnings`` and an unknown (None) teacher label smoothing, never another method.
+    from CE (a word-KD student stays ``word-KD``). Paths are resolved from the checkpoint, not the
+    current directory (:func:`fairseq_plugins.checkpoint.describe_checkpoint`); what cannot be found
+    is a warning in ``warnings`` and an unknown (None) teacher label smoothing, never another method.
     """
     from fairseq_plugins.checkpoint import describe_checkpoint
 

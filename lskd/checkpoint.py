@@ -19,7 +19,7 @@ from typing import Any, Iterator, Sequence
 import numpy
 import torch
 
-from lskd.errors import LSKDError
+from lskd.errors import LSKDError, one_line
 
 try:  # numpy >= 2
     from numpy._core import multiarray as _multiarray
@@ -65,7 +65,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     except pickle.UnpicklingError as err:
         raise explain_unpickling_error(path, err, safe_globals) from err
     except (RuntimeError, EOFError, OSError) as err:  # truncated zip, not a zip, unreadable
-        raise CheckpointError(f"{path} is unreadable as a torch checkpoint (corrupt or not a checkpoint): "
+        raise CheckpointError(f"checkpoint {path} is unreadable (corrupt, or not a torch checkpoint): "
                               f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from err
 
 
@@ -85,9 +85,10 @@ def explain_unpickling_error(path: str, err: pickle.UnpicklingError,
     which advises turning the protection off, is not passed on.
     """
     text = str(err)
-    if "global" not in text.lower() and "Can only build" not in text:
-        return CheckpointError(f"{path} is unreadable as a torch checkpoint (corrupt or not a checkpoint): "
-                               f"{text.splitlines()[-1] if text else err}")
+    if "global" not in text.lower() and "Can only build" not in text:  # e.g. "Unsupported operand 110"
+        reason = re.search(r"WeightsUnpickler error:\s*(.*?)\s*(?:Check the documentation|$)", text, re.S)
+        return CheckpointError(f"checkpoint {path} is unreadable (corrupt, or not a torch checkpoint): "
+                               f"{one_line(reason.group(1) if reason else text)}")
     with allowed(safe_globals):
         refused = torch.serialization.get_unsafe_globals_in_checkpoint(path)
     built = re.search(r"Can only build .* but got <class '([^']+)'>", text)
@@ -115,13 +116,10 @@ class _Recorded:
 
     name = "?"
 
-    def __new__(cls, *args: Any) -> "_Recorded":
+    def __new__(cls, *args: Any) -> "_Recorded":  # both REDUCE (a call) and NEWOBJ come here
         obj = super().__new__(cls)
         obj.args, obj.state, obj.items = args, None, []
         return obj
-
-    def __init__(self, *args: Any) -> None:
-        self.args = args
 
     def __setstate__(self, state: Any) -> None:
         self.state = state

@@ -181,3 +181,17 @@ def test_distilled_vs_reference_bleu_of_a_chinese_target_is_tokenized_for_chines
                           str(out / "raw" / "train.zh"), "-l", "en-zh", "-b", "-w", "2"],
                          capture_output=True, text=True, check=True).stdout
     assert manifest["distilled_vs_reference"]["bleu"] == float(cli)
+
+
+def test_a_distillation_begun_before_an_option_existed_resumes_with_its_default(tmp_path):
+    from dataclasses import asdict
+
+    from data_prep.distill import _check_options
+    from lskd.corpus import CorpusError
+
+    written = asdict(DistillOptions(beam=2))
+    del written["bleu_tokenize"]  # options.json of a run begun before the option existed
+    (tmp_path / "options.json").write_text(json.dumps(written))
+    _check_options(tmp_path, DistillOptions(beam=2), overwrite=False)  # 13a, as that run's Seq-Inter used
+    with pytest.raises(CorpusError, match="other options"):
+        _check_options(tmp_path, DistillOptions(beam=2, bleu_tokenize="zh"), overwrite=False)
