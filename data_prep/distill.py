@@ -35,6 +35,7 @@ from lskd.corpus import CorpusError, read_lines, write_lines
 from lskd.errors import console_script
 from lskd.prepared import PreparedData, load_prepared
 from lskd.provenance import provenance, sha256_file, write_json
+from lskd.scoring import DEFAULT_TOKENIZER, TOKENIZERS, bleu_metric, bleu_tokenizer
 
 POLICIES = ("copy-reference", "drop")
 
@@ -54,6 +55,7 @@ class DistillOptions:
     chunk_size: int = 1000
     max_source_tokens: int | None = None
     teacher_sha256: tuple[str, ...] = ()
+    bleu_tokenize: str = DEFAULT_TOKENIZER  # sacrebleu's, for the target language (Seq-Inter's sentence BLEU)
 
 
 def chunk_ranges(total: int, chunk_size: int) -> list[tuple[int, int]]:
@@ -127,17 +129,20 @@ def decode_pieces(spm_model: Path):
     return lambda pieces: processor.decode_pieces(pieces.split())
 
 
-def choose(nbest: list[tuple[str, float]], reference: str, detok, seq_inter: bool) -> str:
-    """The kept hypothesis: the best-scoring one, or with Seq-Inter the one closest to the reference."""
-    if not seq_inter or len(nbest) == 1:
+def choose(nbest: list[tuple[str, float]], reference: str, detok, sentence_bleu: sacrebleu.BLEU | None) -> str:
+    """The kept hypothesis: the best-scoring one, or with Seq-Inter (``sentence_bleu``, a sentence-level
+    BLEU tokenized for the target language) the one closest to the reference."""
+    if sentence_bleu is None or len(nbest) == 1:
         return nbest[0][0]
-    return max(nbest, key=lambda h: sacrebleu.sentence_bleu(detok(h[0]), [reference]).score)[0]
+    return max(nbest, key=lambda h: sentence_bleu.sentence_score(detok(h[0]), [reference]).score)[0]
 
 
 def run_chunks(decoder: Decoder, out: Path, chunks: list[tuple[int, int]], references: list[str], spm_model: Path,
                batch_size: int, max_chunks: int | None) -> int:
     """Decode the chunks that have no file yet; returns how many were decoded now."""
     detok = decode_pieces(spm_model)
+    options = decoder.options
+    sentence_bleu = bleu_metric(tokenize=options.bleu_tokenize, sentence=True) if options.seq_inter else None
     todo = [c for c in chunks if not chunk_path(out, *c).is_file()]
     if max_chunks is not None:
         todo = todo[:max_chunks]
@@ -152,7 +157,7 @@ def run_chunks(decoder: Decoder, out: Path, chunks: list[tuple[int, int]], refer
         for i in ids:
             if i in hypotheses:
                 rows.append({"id": i, "status": "decoded",
-                             "pieces": choose(hypotheses[i], references[i], detok, decoder.options.seq_inter)})
+                             "pieces": choose(hypotheses[i], references[i], detok, sentence_bleu)})
             else:
                 rows.append({"id": i, "status": "too-long"})
         path = chunk_path(out, start, end)
@@ -202,7 +207,7 @@ def merge(data: PreparedData, out: Path, options: DistillOptions, union: bool, w
             counts["too_long_copied_reference"] += 1
         else:
             counts["too_long_dropped"] += 1
-    bleu = sacrebleu.BLEU()
+    bleu = bleu_metric(data.tgt, options.bleu_tokenize)
     distilled_bleu = bleu.corpus_score([p[3] for p in pairs], [[p[4] for p in pairs]])
     if union:
         pairs += [(spm_src[i], spm_ref[i], raw_src[i], raw_ref[i], raw_ref[i]) for i in range(len(raw_src))]
@@ -263,8 +268,8 @@ def _check_options(out: Path, options: DistillOptions, overwrite: bool) -> None:
     """A resumed run must decode like the run it continues; otherwise refuse (or start over)."""
     path = out / "options.json"
     wanted = asdict(options)
-    if path.is_file():
-        existing = json.loads(path.read_text(encoding="utf-8"))
+    if path.is_file():  # an option added since it was written has its default
+        existing = json.loads(json.dumps(asdict(DistillOptions()))) | json.loads(path.read_text(encoding="utf-8"))
         if existing == json.loads(json.dumps(wanted)):
             return
         if not overwrite:
@@ -290,6 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--nbest", type=int, default=1, help="hypotheses kept from the beam (<= beam)")
     parser.add_argument("--seq-inter", action="store_true",
                         help="keep, of the n-best, the hypothesis with the highest sentence BLEU against the reference")
+    parser.add_argument("--tokenize", choices=TOKENIZERS,
+                        help="BLEU tokenizer of --seq-inter and of the distilled-vs-reference BLEU (default: "
+                             "sacrebleu's choice for the target language: zh, ja-mecab, ko-mecab or 13a)")
     parser.add_argument("--union", action="store_true", help="also keep the original pairs")
     parser.add_argument("--too-long", choices=POLICIES, default="copy-reference",
                         help="sentences longer than the teacher accepts: copy the reference, or drop (counted either way)")
@@ -307,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 @console_script("lskd-distill-corpus")
 def main(argv: list[str] | None = None) -> int:
-    from fairseq_plugins.teacher import split_teacher_paths
+    from fairseq_plugins.teacher import TeacherError, split_teacher_paths
 
     args = build_parser().parse_args(argv)
     data = load_prepared(args.data)
@@ -315,11 +323,17 @@ def main(argv: list[str] | None = None) -> int:
         raise CorpusError(f"--nbest {args.nbest} must be between 1 and --beam {args.beam}")
     if args.seq_inter and args.nbest < 2:
         raise CorpusError("--seq-inter chooses among the n-best: give --nbest 2 or more")
-    teacher_sha = tuple(sha256_file(p) if os.path.isfile(p) else "missing" for p in split_teacher_paths(args.teacher_path))
+    teacher_paths = [os.path.abspath(p) for p in split_teacher_paths(args.teacher_path)]
+    missing = [p for p in teacher_paths if not os.path.isfile(p)]
+    if missing:  # before anything is written to --out
+        raise TeacherError(f"teacher checkpoint not found: {', '.join(missing)}")
+    teacher_sha = tuple(sha256_file(p) for p in teacher_paths)
+    bleu_metric(data.tgt, args.tokenize)  # a tokenizer that cannot run here fails now, not after decoding
     options = DistillOptions(split=args.split, beam=args.beam, lenpen=args.lenpen, max_len_a=args.max_len_a,
                              max_len_b=args.max_len_b, nbest=args.nbest, seq_inter=args.seq_inter,
                              too_long=args.too_long, chunk_size=args.chunk_size,
-                             max_source_tokens=args.max_source_tokens, teacher_sha256=teacher_sha)
+                             max_source_tokens=args.max_source_tokens, teacher_sha256=teacher_sha,
+                             bleu_tokenize=bleu_tokenizer(data.tgt, args.tokenize))
     _check_options(args.out, options, args.overwrite)
     total = data.sentences(args.split)
     chunks = chunk_ranges(total, args.chunk_size)
@@ -342,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         infos = [asdict(i) for i in decoder.infos] if decoder else [{"path": p, "sha256": s} for p, s in
-                                                                   zip(split_teacher_paths(args.teacher_path), teacher_sha)]
+                                                                   zip(teacher_paths, teacher_sha)]
         manifest = merge(data, args.out, options, args.union, args.workers, infos)
     finally:
         lock.unlink(missing_ok=True)

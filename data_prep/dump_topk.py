@@ -27,7 +27,7 @@ def dump_split(task, teachers, infos, split: str, k: int, out: Path, max_tokens:
     writer = TopKCacheWriter(
         out / split, k, task.dataset(split).tgt_sizes,
         manifest={
-            "data": f"{task.cfg.data}:{split}",
+            "data": f"{Path(task.cfg.data).resolve()}:{split}",
             "data_sha256": dataset_sha256(task, split),
             "teacher_path": [info.path for info in infos],
             "teacher_sha256": [info.sha256 for info in infos],

@@ -18,8 +18,14 @@ import sacrebleu
 
 from lskd.checkpoint import CheckpointError
 from lskd.corpus import CorpusError, iter_lines, read_lines, write_lines
+from lskd.errors import LSKDError
 from lskd.prepared import load_prepared
 from lskd.provenance import provenance, sha256_file, write_json
+from lskd.scoring import bleu_metric, corpus_metrics
+
+
+class DecodingError(LSKDError, RuntimeError):
+    """fairseq-generate failed; the message gives its last line and where its full log is."""
 
 
 @dataclass(frozen=True)
@@ -39,8 +45,13 @@ def plugin_dir() -> str:
     return str(Path(fairseq_plugins.__file__).resolve().parent)
 
 
-def score(hypotheses: list[str], references: list[str]) -> dict[str, dict[str, Any]]:
-    """Corpus BLEU, chrF and TER with their sacrebleu signatures; counts must match."""
+def score(hypotheses: list[str], references: list[str], tgt_lang: str | None = None,
+          tokenize: str | None = None) -> dict[str, dict[str, Any]]:
+    """Corpus BLEU, chrF and TER with their sacrebleu signatures; counts must match.
+
+    BLEU is tokenized for ``tgt_lang`` as ``sacrebleu -l SRC-TGT`` does, or by ``tokenize``
+    (:func:`lskd.scoring.bleu_metric`).
+    """
     if len(hypotheses) != len(references):
         raise CorpusError(
             f"{len(hypotheses)} hypotheses but {len(references)} references: refusing to score a partial output"
@@ -48,13 +59,14 @@ def score(hypotheses: list[str], references: list[str]) -> dict[str, dict[str, A
     if not references:
         raise CorpusError("no references to score against")
     results = {}
-    for name, metric in (("bleu", sacrebleu.BLEU()), ("chrf", sacrebleu.CHRF()), ("ter", sacrebleu.TER())):
+    for name, metric in corpus_metrics(tgt_lang, tokenize).items():
         result = metric.corpus_score(hypotheses, [references])
         results[name] = {"score": round(result.score, 2), "signature": str(metric.get_signature()), "text": str(result)}
     return results
 
 
-def paired_bootstrap(baseline: list[str], system: list[str], references: list[str], samples: int = 1000) -> dict[str, Any]:
+def paired_bootstrap(baseline: list[str], system: list[str], references: list[str], samples: int = 1000,
+                     tgt_lang: str | None = None, tokenize: str | None = None) -> dict[str, Any]:
     """sacrebleu's paired bootstrap resampling (``--paired-bs``): is ``system`` really better than ``baseline``?"""
     from sacrebleu.significance import PairedTest
 
@@ -62,7 +74,8 @@ def paired_bootstrap(baseline: list[str], system: list[str], references: list[st
         raise CorpusError(f"paired test needs equal counts: baseline {len(baseline)}, system {len(system)}, "
                           f"references {len(references)}")
     test = PairedTest([("baseline", baseline), ("system", system)],
-                      {"BLEU": sacrebleu.BLEU(), "chrF": sacrebleu.CHRF()}, [references], test_type="bs", n_samples=samples)
+                      {"BLEU": bleu_metric(tgt_lang, tokenize), "chrF": sacrebleu.CHRF()}, [references], test_type="bs",
+                      n_samples=samples)
     signatures, results = test()
     return {
         metric: {"baseline": results[metric][0].score, "system": results[metric][1].score,
@@ -72,13 +85,14 @@ def paired_bootstrap(baseline: list[str], system: list[str], references: list[st
     } | {"samples": samples}
 
 
-def score_files(hypothesis_file: str | Path, reference_file: str | Path) -> dict[str, dict[str, Any]]:
+def score_files(hypothesis_file: str | Path, reference_file: str | Path, tgt_lang: str | None = None,
+                tokenize: str | None = None) -> dict[str, dict[str, Any]]:
     hypotheses, references = read_lines(hypothesis_file), read_lines(reference_file)
     if len(hypotheses) != len(references):
         raise CorpusError(
             f"{hypothesis_file} has {len(hypotheses)} lines but {reference_file} has {len(references)}"
         )
-    return score(hypotheses, references)
+    return score(hypotheses, references, tgt_lang, tokenize)
 
 
 def generate(checkpoint: Path, bin_dir: Path, split: str, options: DecodeOptions, log_path: Path) -> dict[int, str]:
@@ -95,8 +109,9 @@ def generate(checkpoint: Path, bin_dir: Path, split: str, options: DecodeOptions
     with open(log_path, "w", encoding="utf-8") as log:
         result = subprocess.run(command, stdout=subprocess.PIPE, stderr=log)
     if result.returncode != 0:
-        tail = log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-15:]
-        raise RuntimeError(f"fairseq-generate failed (exit {result.returncode}):\n" + "\n".join(tail))
+        lines = [line for line in log_path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+        raise DecodingError(f"fairseq-generate failed (exit {result.returncode}): {lines[-1] if lines else 'no output'}; "
+                            f"full log: {log_path}")
     hypotheses = {}
     for line in iter_lines(io.BytesIO(result.stdout), "fairseq-generate output"):
         if line.startswith("D-"):
@@ -120,52 +135,70 @@ def ordered(hypotheses: dict[int, str], expected: int) -> list[str]:
 def describe_system(checkpoint: Path) -> dict[str, Any]:
     """How the scored checkpoint was trained, including its teacher's label smoothing (for reports).
 
-    ``method``: ``CE`` (trained on the data's own targets), ``word-KD`` (a teacher in the loss),
-    ``seq-KD`` (trained on a corpus written by ``lskd-distill-corpus``), or ``seq-KD + word-KD``.
+    ``method``: ``CE`` (trained on the data's own targets), ``word-KD`` (the KD criterion with
+    ``kd_alpha > 0``), ``seq-KD`` (trained on a corpus written by ``lskd-distill-corpus``), ``seq-KD +
+    word-KD``, or ``unknown`` when the training data cannot be found, so that seq-KD cannot be told
+    from CE (a word-KD student stays ``word-KD``). Paths are resolved from the checkpoint, not the
+    current directory (:func:`fairseq_plugins.checkpoint.describe_checkpoint`); what cannot be found
+    is a warning in ``warnings`` and an unknown (None) teacher label smoothing, never another method.
     """
     from fairseq_plugins.checkpoint import describe_checkpoint
 
     system = describe_checkpoint(checkpoint)
-    word_kd = (system["kd_alpha"] or 0) > 0
-    teacher_ls = _word_kd_teacher_smoothing(system) if word_kd else None
-    distilled = _distillation_manifest(system["data"])
+    warnings = system["warnings"]
+    word_kd = (system["kd_alpha"] or 0) > 0  # kd_alpha is the KD criterion's own option
+    teacher_ls = _word_kd_teacher_smoothing(system, warnings) if word_kd else None
+    data_found = system["data"] is not None and Path(system["data"].split(":")[0]).is_dir()
+    distilled = _distillation_manifest(system["data"]) if data_found else None
     if distilled is not None:
         teacher_ls = teacher_ls or [t.get("label_smoothing") for t in distilled["teachers"]]
         system["distill_beam"] = distilled["options"]["beam"]
         system["distill_teachers"] = [t["path"] for t in distilled["teachers"]]
     system["teacher_label_smoothing"] = teacher_ls
     methods = (["seq-KD"] if distilled is not None else []) + (["word-KD"] if word_kd else [])
-    system["method"] = " + ".join(methods) or "CE"
+    system["method"] = " + ".join(methods) or ("CE" if data_found else "unknown")
+    if not data_found:
+        warnings.append("without its training data, whether it learned from a sequence-level KD corpus is unknown")
     return system
 
 
-def _word_kd_teacher_smoothing(system: dict[str, Any]) -> list[float] | float | None:
+def _word_kd_teacher_smoothing(system: dict[str, Any], warnings: list[str]) -> list[float] | float | None:
+    """The label smoothing of a word-KD student's teacher(s), from the top-k cache's manifest or the
+    teacher checkpoints; None, with a warning, when they cannot be read."""
     if system["teacher_topk_cache"]:
         manifest = Path(system["teacher_topk_cache"]) / "train" / "manifest.json"
         if manifest.is_file():
             return json.loads(manifest.read_text(encoding="utf-8")).get("teacher_label_smoothing")
+        warnings.append(f"teacher label smoothing unknown: no top-k cache manifest {manifest}")
     elif system["teacher_path"]:
         paths = [p for p in system["teacher_path"].split(":") if p]
         if all(Path(p).is_file() for p in paths):
             from fairseq_plugins.checkpoint import describe_checkpoint
 
             return [describe_checkpoint(p)["label_smoothing"] for p in paths]
+        warnings.append("teacher label smoothing unknown: its teacher checkpoint is not found")
     return None
 
 
-def _distillation_manifest(bin_dir: str | None) -> dict[str, Any] | None:
+def _distillation_manifest(bin_dir: str) -> dict[str, Any] | None:
     """``distill.json`` of the sequence-level KD corpus a model was trained on, if it was."""
-    manifest = Path(bin_dir).parent / "distill.json" if bin_dir else None
-    if manifest is None or not manifest.is_file():
+    manifest = Path(bin_dir.split(":")[0]).parent / "distill.json"
+    if not manifest.is_file():
         return None
     return json.loads(manifest.read_text(encoding="utf-8"))
 
 
-def evaluate(checkpoint: Path, data_dir: Path, split: str, out_dir: Path, options: DecodeOptions) -> dict[str, Any]:
-    """Decode ``split`` of a ``lskd-prepare`` directory and write hypotheses plus a JSON record."""
+def evaluate(checkpoint: Path, data_dir: Path, split: str, out_dir: Path, options: DecodeOptions,
+             tokenize: str | None = None) -> dict[str, Any]:
+    """Decode ``split`` of a ``lskd-prepare`` directory and write hypotheses plus a JSON record.
+
+    BLEU is tokenized for the data's target language (``prep.json``), or by ``tokenize``.
+    """
     data = load_prepared(data_dir)
+    corpus_metrics(data.tgt, tokenize)  # a tokenizer that cannot run fails now, not after decoding
     if not checkpoint.is_file():
         raise CheckpointError(f"checkpoint not found: {checkpoint}")
+    system = describe_system(checkpoint)  # reads it safely first: a refused checkpoint is never decoded
     src, tgt = data.src, data.tgt
     references = read_lines(data.raw(split, tgt))
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -176,14 +209,14 @@ def evaluate(checkpoint: Path, data_dir: Path, split: str, out_dir: Path, option
     hypothesis_file = out_dir / f"{split}.hyp.{tgt}"
     write_lines(hypothesis_file, hypotheses)
     record = {
-        "scores": score(hypotheses, references),
+        "scores": score(hypotheses, references, tgt, tokenize),
         "split": split,
         "pair": f"{src}-{tgt}",
         "sentences": len(references),
         "hypotheses_file": str(hypothesis_file),
         "references_file": str(data.raw(split, tgt)),
         "checkpoint": {"path": str(checkpoint.resolve()), "sha256": sha256_file(checkpoint)},
-        "system": describe_system(checkpoint),
+        "system": system,
         "data": data.provenance(),
         "decoding": asdict(options),
         **provenance(),

@@ -9,6 +9,16 @@ from pathlib import Path
 from eval.bleu import DecodeOptions, evaluate, format_table, paired_bootstrap, score_files
 from lskd.corpus import read_lines
 from lskd.errors import console_script
+from lskd.scoring import TOKENIZERS
+
+
+def add_tokenize(parser: argparse.ArgumentParser, tgt_lang: bool) -> None:
+    """BLEU's tokenizer: chosen by the target language as ``sacrebleu -l`` does, or named."""
+    if tgt_lang:
+        parser.add_argument("--tgt-lang", help="target language code (zh, ja, ko choose their BLEU tokenizer, as "
+                                               "sacrebleu -l SRC-TGT does; default: 13a)")
+    parser.add_argument("--tokenize", choices=TOKENIZERS,
+                        help="BLEU tokenizer (default: sacrebleu's choice for the target language)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     bleu.add_argument("--lenpen", type=float, default=1.0)
     bleu.add_argument("--batch-size", type=int, default=64)
     bleu.add_argument("--gpu", action="store_true", help="decode on the GPU (default: --cpu)")
+    add_tokenize(bleu, tgt_lang=False)  # the target language is prep.json's
 
     stability = commands.add_parser("stability", help="stability 1 - S, ECE and entropy of a checkpoint on a split")
     stability.add_argument("--checkpoint", required=True, type=Path)
@@ -47,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--system", required=True, type=Path, help="system hypotheses")
     compare.add_argument("--ref", required=True, type=Path)
     compare.add_argument("--samples", type=int, default=1000)
+    add_tokenize(compare, tgt_lang=True)
 
     table = commands.add_parser("table", help="print the scores of bleu-SPLIT.json records side by side")
     table.add_argument("records", nargs="+", type=Path, help="bleu-SPLIT.json files written by 'lskd-eval bleu'")
@@ -54,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     files = commands.add_parser("score", help="score a hypothesis file against a reference file")
     files.add_argument("--hyp", required=True, type=Path)
     files.add_argument("--ref", required=True, type=Path)
+    add_tokenize(files, tgt_lang=True)
     return parser
 
 
@@ -73,7 +86,8 @@ def _project(args: argparse.Namespace) -> None:
 
 
 def _compare(args: argparse.Namespace) -> None:
-    result = paired_bootstrap(read_lines(args.baseline), read_lines(args.system), read_lines(args.ref), args.samples)
+    result = paired_bootstrap(read_lines(args.baseline), read_lines(args.system), read_lines(args.ref), args.samples,
+                              args.tgt_lang, args.tokenize)
     for metric in ("BLEU", "chrF2"):
         r = result[metric]
         print(f"{metric}: baseline {r['baseline']:.2f}, system {r['system']:.2f} "
@@ -91,11 +105,11 @@ def _print_scores(scores: dict) -> None:
 
 def _bleu(args: argparse.Namespace) -> None:
     options = DecodeOptions(beam=args.beam, lenpen=args.lenpen, batch_size=args.batch_size, cpu=not args.gpu)
-    _print_scores(evaluate(args.checkpoint, args.data, args.split, args.out, options)["scores"])
+    _print_scores(evaluate(args.checkpoint, args.data, args.split, args.out, options, args.tokenize)["scores"])
 
 
 def _score(args: argparse.Namespace) -> None:
-    scores = score_files(args.hyp, args.ref)
+    scores = score_files(args.hyp, args.ref, args.tgt_lang, args.tokenize)
     _print_scores(scores)
     print(json.dumps({k: v["score"] for k, v in scores.items()}))
 

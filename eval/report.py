@@ -25,7 +25,7 @@ class SystemRow:
     """One NMT system of a report: its settings, and its scores over seeds."""
 
     system: str
-    method: str  # CE, word-KD, seq-KD, seq-KD + word-KD
+    method: str  # CE, word-KD, seq-KD, seq-KD + word-KD, unknown
     method_label: str  # the method with the knobs that define it, e.g. "word-KD T=1 α=0.5"
     label_smoothing: float | None  # the system's own
     teacher_label_smoothing: list[float] | float | None  # of the teacher(s) it learned from; None: no teacher
@@ -38,6 +38,7 @@ class SystemRow:
     one_minus_s: list[float] = field(default_factory=list)
     ece: list[float] = field(default_factory=list)
     provenance: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # what its records could not establish
 
     @property
     def seeds(self) -> int:
@@ -45,9 +46,10 @@ class SystemRow:
 
     @property
     def teacher(self) -> str:
-        """``LS 0.1``, or ``none`` for a system trained without a teacher."""
+        """``LS 0.1``, ``none`` for a system trained without a teacher, ``unknown`` when the records
+        could not read its teacher's label smoothing."""
         if self.teacher_label_smoothing in (None, []):
-            return "none"
+            return "unknown" if "KD" in self.method or self.method == "unknown" else "none"
         return f"LS {fmt(self.teacher_label_smoothing)}"
 
     @property
@@ -108,6 +110,7 @@ def build_rows(run_dir: Path) -> list[SystemRow]:
             one_minus_s=[a["one_minus_s"] for a in analysed],
             ece=[a["ece_15_bins"] for a in analysed],
             provenance=members + analysed,
+            warnings=list(dict.fromkeys(w for r in members for w in r.get("system", {}).get("warnings", []))),
         ))
     return rows
 
@@ -167,6 +170,12 @@ def plot_bleu_vs_temperature(rows: list[SystemRow], path: Path) -> Path | None:
     return plot_against_temperature(series, "BLEU (sacrebleu)", path)
 
 
+def warnings_section(rows: list[SystemRow]) -> list[str]:
+    """What the records of each system could not establish (a teacher or data not found), if anything."""
+    lines = [f"- **{row.system}**: {warning}" for row in rows for warning in row.warnings]
+    return ["## Warnings", "", *lines, ""] if lines else []
+
+
 def provenance_section(rows: list[SystemRow]) -> str:
     lines = ["## Provenance", ""]
     for row in rows:
@@ -199,7 +208,8 @@ def write_report(run_dir: Path, out: Path | None = None, note: str | None = None
               "V - 1 classes); teacher: the label smoothing of the model it learned from. 1 - S: stability "
               "(Shen et al. Eq. 2) over the most frequent gold tokens; ECE: 15 bins. Both from a teacher-forced "
               "pass.")
-    return assemble_report(out, run_dir, summary_lines(rows), note, ["## Results", "", markdown_table(rows), "", legend],
+    return assemble_report(out, run_dir, summary_lines(rows), note,
+                           ["## Results", "", markdown_table(rows), "", legend, "", *warnings_section(rows)],
                            (plot, "BLEU vs temperature"), provenance_section(rows))
 
 

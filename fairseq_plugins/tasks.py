@@ -10,6 +10,7 @@ from typing import Any, Iterator
 
 import torch
 
+from lskd.checkpoint import CheckpointError
 from lskd.prepared import PreparedData
 
 
@@ -28,9 +29,12 @@ def translation_task(data: str | Path, src: str | None, tgt: str | None):
 
 def task_and_model(checkpoint: str | Path, data: PreparedData) -> tuple[Any, torch.nn.Module, Any]:
     """The task over a prepared directory, the checkpoint's model on it (eval mode, CPU) and its
-    :class:`fairseq_plugins.teacher.TeacherInfo` (sha256, label smoothing)."""
+    :class:`fairseq_plugins.teacher.TeacherInfo` (sha256, label smoothing). A missing checkpoint is a
+    :class:`lskd.checkpoint.CheckpointError`, found before the task is built."""
     from fairseq_plugins.teacher import load_teachers
 
+    if not Path(checkpoint).is_file():
+        raise CheckpointError(f"checkpoint not found: {checkpoint}")
     task = translation_task(data.bin_dir, data.src, data.tgt)
     models, infos = load_teachers(str(checkpoint), task)
     return task, models[0], infos[0]

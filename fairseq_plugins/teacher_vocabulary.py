@@ -118,7 +118,7 @@ def checkpoint_data_dirs(checkpoint: Path, cfg: Any) -> list[Path]:
     from fairseq_plugins.checkpoint import config_value
 
     data = str(config_value(config_value(cfg, "task", {}), "data") or "")
-    return [path for directory in data.split(os.pathsep) if directory for path in _resolved(directory, checkpoint)]
+    return [path for directory in data.split(os.pathsep) if directory for path in _resolved(directory, checkpoint, cfg)]
 
 
 def _checkpoint_in(teacher: Path) -> Path | None:
@@ -162,12 +162,16 @@ def _named_sentencepiece_model(checkpoint: Path, cfg: Any) -> list[Path]:
 
     bpe = config_value(cfg, "bpe", {})
     model = config_value(bpe, "sentencepiece_model") if config_value(bpe, "_name") == "sentencepiece" else None
-    return _resolved(model, checkpoint) if model else []
+    return _resolved(model, checkpoint, cfg) if model else []
 
 
-def _resolved(path: str, checkpoint: Path) -> list[Path]:
+def _resolved(path: str, checkpoint: Path, cfg: Any) -> list[Path]:
+    """Where a path stored in a checkpoint's config may lie: as stored when absolute, else under each of
+    :func:`fairseq_plugins.checkpoint.search_bases` (never the current directory)."""
+    from fairseq_plugins.checkpoint import search_bases
+
     given = Path(path)
-    return [given] if given.is_absolute() else [given, checkpoint.parent / given]
+    return [given] if given.is_absolute() else [Path(os.path.normpath(base / given)) for base in search_bases(checkpoint, cfg)]
 
 
 def missing_piece_shares(vocabulary: TeacherVocabulary) -> dict[str, float]:

@@ -43,15 +43,15 @@ def trained_checkpoint(bible_slice, tmp_path_factory) -> Path:
 
 
 def train_tiny(data: Path, save_dir: Path, *extra: str, updates: int = 4, seed: int = 1,
-               arch: Sequence[str] = TINY_TRANSFORMER) -> subprocess.CompletedProcess:
-    """fairseq-train a tiny model (``arch``: its flags) for a few updates; returns the finished process
-    (log in stdout/stderr)."""
+               arch: Sequence[str] = TINY_TRANSFORMER, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """fairseq-train a tiny model (``arch``: its flags) for a few updates (paths relative to ``cwd``, if
+    given); returns the finished process (log in stdout/stderr)."""
     return run_module(
         "fairseq_cli.train", str(data), "--user-dir", str(REPO / "fairseq_plugins"),
         *arch, "--cpu", "--optimizer", "adam", "--lr", "1e-3",
         "--max-tokens", "1024", "--max-update", str(updates), "--required-batch-size-multiple", "1",
         "--save-dir", str(save_dir), "--no-epoch-checkpoints", "--num-workers", "0", "--seed", str(seed),
-        "--log-format", "simple", "--log-interval", "1", *extra,
+        "--log-format", "simple", "--log-interval", "1", *extra, cwd=cwd,
     )
 
 
@@ -61,4 +61,20 @@ def second_checkpoint(bible_slice, tmp_path_factory) -> Path:
     save_dir = tmp_path_factory.mktemp("ckpt2")
     train_tiny(bible_slice / "bin", save_dir, "--criterion", "label_smoothed_cross_entropy",
                "--label-smoothing", "0", seed=2)
+    return save_dir / "checkpoint_last.pt"
+
+
+@pytest.fixture(scope="session")
+def bible_en_zh(tmp_path_factory) -> Path:
+    """English to Chinese (a target written without spaces), the training split cut to 300 verses."""
+    out = tmp_path_factory.mktemp("bible") / "en-zh"
+    run_module("data_prep.cli", "bible", "--src", "en", "--tgt", "zh", "--out", str(out), "--limit-train", "300",
+               "--vocab-size", "1500")  # each Chinese character is a piece: 300 verses hold ~900
+    return out
+
+
+@pytest.fixture(scope="session")
+def en_zh_checkpoint(bible_en_zh, tmp_path_factory) -> Path:
+    save_dir = tmp_path_factory.mktemp("ckpt-en-zh")
+    train_tiny(bible_en_zh / "bin", save_dir, "--criterion", "label_smoothed_cross_entropy", updates=2)
     return save_dir / "checkpoint_last.pt"

@@ -1,5 +1,7 @@
 """lskd-distill-corpus: one output per input in order, resume, shards, dictionaries, policies."""
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -113,8 +115,9 @@ def test_chunks_and_shards_cover_every_id_once():
 class FakeDecoder:
     """Stands in for the teacher: a fixed n-best list per sentence, best model score first."""
 
-    def __init__(self, nbest: dict[int, list[tuple[str, float]]], seq_inter: bool):
-        self.nbest, self.options, self.generate_seconds = nbest, DistillOptions(nbest=2, seq_inter=seq_inter), 0.0
+    def __init__(self, nbest: dict[int, list[tuple[str, float]]], seq_inter: bool, bleu_tokenize: str = "13a"):
+        self.nbest, self.generate_seconds = nbest, 0.0
+        self.options = DistillOptions(nbest=2, seq_inter=seq_inter, bleu_tokenize=bleu_tokenize)
 
     def too_long(self, sentence_id: int) -> bool:
         return False
@@ -145,3 +148,50 @@ def test_seq_inter_keeps_the_hypothesis_closest_to_the_reference_not_the_best_sc
     kept = [row["pieces"] for row in collect(tmp_path, 2, 1)]
     # Seq-Inter: the second hypothesis of sentence 0 equals its reference; the first of sentence 1 does
     assert kept == [nbest[0][1][0] if seq_inter else nbest[0][0][0], nbest[1][0][0]]
+
+
+@pytest.mark.parametrize("tokenize", ["13a", "zh"])
+def test_seq_inter_on_chinese_compares_characters_with_sacrebleus_zh_tokenizer(tmp_path, tokenize):
+    import sentencepiece as spm
+
+    references = ["我们今天去公园散步", "他在家里读书写字"]
+    far, close = ["他们明天回学校上课", "我们出门买菜做饭"], ["我们今天去公园玩", "他在家里读书画画"]
+    (tmp_path / "text").write_text("\n".join(references + far + close) + "\n", encoding="utf-8")
+    spm.SentencePieceTrainer.train(input=str(tmp_path / "text"), model_prefix=str(tmp_path / "spm"), vocab_size=40,
+                                   model_type="char", minloglevel=2)
+    processor = spm.SentencePieceProcessor(model_file=str(tmp_path / "spm.model"))
+    pieces = [" ".join(processor.encode(line, out_type=str)) for line in far + close]
+    nbest = {i: [(pieces[i], -0.1), (pieces[2 + i], -0.5)] for i in range(2)}  # the far one scores best
+    run_chunks(FakeDecoder(nbest, True, tokenize), tmp_path, chunk_ranges(2, 2), references, tmp_path / "spm.model", 8,
+               None)
+    kept = [row["pieces"] for row in collect(tmp_path, 2, 2)]
+    # 13a sees each line as one word: every hypothesis scores 0 and the best-scoring one stays
+    assert kept == (pieces[2:] if tokenize == "zh" else pieces[:2])
+
+
+@pytest.mark.slow
+def test_distilled_vs_reference_bleu_of_a_chinese_target_is_tokenized_for_chinese(bible_en_zh, en_zh_checkpoint,
+                                                                                   tmp_path):
+    out = tmp_path / "distilled"
+    assert distill_main(["--data", str(bible_en_zh), "--teacher-path", str(en_zh_checkpoint), "--out", str(out),
+                         "--beam", "2", "--nbest", "2", "--seq-inter", "--max-len-b", "5", "--workers", "1"]) == 0
+    manifest = json.loads((out / "distill.json").read_text())
+    assert manifest["options"]["bleu_tokenize"] == "zh" and "|tok:zh|" in manifest["distilled_vs_reference"]["signature"]
+    cli = subprocess.run([sys.executable, "-m", "sacrebleu", str(bible_en_zh / "raw" / "train.zh"), "-i",
+                          str(out / "raw" / "train.zh"), "-l", "en-zh", "-b", "-w", "2"],
+                         capture_output=True, text=True, check=True).stdout
+    assert manifest["distilled_vs_reference"]["bleu"] == float(cli)
+
+
+def test_a_distillation_begun_before_an_option_existed_resumes_with_its_default(tmp_path):
+    from dataclasses import asdict
+
+    from data_prep.distill import _check_options
+    from lskd.corpus import CorpusError
+
+    written = asdict(DistillOptions(beam=2))
+    del written["bleu_tokenize"]  # options.json of a run begun before the option existed
+    (tmp_path / "options.json").write_text(json.dumps(written))
+    _check_options(tmp_path, DistillOptions(beam=2), overwrite=False)  # 13a, as that run's Seq-Inter used
+    with pytest.raises(CorpusError, match="other options"):
+        _check_options(tmp_path, DistillOptions(beam=2, bleu_tokenize="zh"), overwrite=False)

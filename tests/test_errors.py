@@ -1,10 +1,12 @@
 """One way to report a known error from every console script: one line, exit status 2, traceback on demand."""
+import json
 import subprocess
 import sys
 
 import pytest
+import torch
 
-from lskd.errors import LSKDError, console_script
+from lskd.errors import LSKDError, console_script, one_line
 
 
 @console_script("lskd-demo")
@@ -43,3 +45,74 @@ def test_console_scripts_report_missing_inputs_in_one_line(tmp_path, command):
     result = subprocess.run([sys.executable, "-m", *command], capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and ": error: " in result.stderr and "no" in result.stderr
+
+
+def fake_prepared(root):
+    """The files of an lskd-prepare directory that the commands read before they load a checkpoint."""
+    (root / "bin").mkdir(parents=True)
+    (root / "raw").mkdir()
+    for lang in ("de", "en"):
+        (root / "bin" / f"dict.{lang}.txt").write_text("▁a 5\n▁b 3\n", encoding="utf-8")
+        (root / "raw" / f"test.{lang}").write_text("a\nb\n", encoding="utf-8")
+    (root / "prep.json").write_text(json.dumps({
+        "options": {"src": "de", "tgt": "en"}, "fingerprint": "0" * 64,
+        "outputs": {"bin_dir": "bin", "spm_model": "spm.model", "binarized_sentences": {"train": 2, "test": 2}},
+    }), encoding="utf-8")
+    return root
+
+
+class Payload:
+    def __reduce__(self):
+        return (print, ("payload ran",))
+
+
+def commands_given(checkpoint, data, out):
+    return {
+        "lskd-eval bleu": (eval_main, ["bleu", "--checkpoint", checkpoint, "--data", data, "--out", out]),
+        "lskd-eval stability": (eval_main, ["stability", "--checkpoint", checkpoint, "--data", data, "--out", out]),
+        "lskd-eval project": (eval_main, ["project", "--checkpoints", checkpoint, "--data", data, "--out", f"{out}/p.png"]),
+        "lskd-dump-topk": (dump_topk_main, [f"{data}/bin", "--teacher-path", checkpoint, "--source-lang", "de",
+                                            "--target-lang", "en", "--k", "2", "--out", out]),
+        "lskd-distill-corpus": (distill_main, ["--data", data, "--teacher-path", checkpoint, "--out", out]),
+    }
+
+
+from data_prep.distill import main as distill_main  # noqa: E402
+from data_prep.dump_topk import main as dump_topk_main  # noqa: E402
+from eval.cli import main as eval_main  # noqa: E402
+
+COMMANDS = sorted(commands_given("c", "d", "o"))
+
+
+@pytest.mark.parametrize("kind", ["missing", "refused"])
+@pytest.mark.parametrize("command", COMMANDS)
+def test_a_missing_or_refused_checkpoint_is_one_line_in_every_script(tmp_path, capsys, monkeypatch, command, kind):
+    monkeypatch.delenv("LSKD_DEBUG", raising=False)
+    checkpoint = tmp_path / f"{kind}.pt"
+    if kind == "refused":
+        torch.save({"model": {}, "cfg": {"criterion": Payload()}}, checkpoint)
+    main, argv = commands_given(str(checkpoint), str(fake_prepared(tmp_path / "data")), str(tmp_path / "out"))[command]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    error = captured.err.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith(f"{command.split()[0]}: error: "), captured.err
+    assert str(checkpoint) in error[0] and ("checkpoint not found" if kind == "missing" else "builtins.print (at cfg.criterion)") in error[0]
+    assert "weights_only=False" not in error[0] and "TORCH_FORCE" not in error[0]
+    assert "payload ran" not in captured.out
+    if kind == "missing":
+        assert not (tmp_path / "out").exists()  # failed before writing anything
+
+
+def test_a_failed_fairseq_generate_is_one_line_that_says_where_the_log_is(tmp_path, monkeypatch):
+    import eval.bleu
+
+    def failing_run(command, stdout, stderr, **_):
+        stderr.write("Traceback (most recent call last):\n  File ...\nRuntimeError: CUDA out of memory\n")
+        return subprocess.CompletedProcess(command, 1, stdout=b"")
+
+    monkeypatch.setattr(eval.bleu.subprocess, "run", failing_run)
+    log = tmp_path / "generate-test.log"
+    with pytest.raises(LSKDError) as err:
+        eval.bleu.generate(tmp_path / "c.pt", tmp_path, "test", eval.bleu.DecodeOptions(), log)
+    message = one_line(str(err.value))
+    assert "RuntimeError: CUDA out of memory" in message and str(log) in message and "Traceback" not in message

@@ -2,6 +2,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -135,3 +136,195 @@ def test_stability_and_projection_on_a_real_checkpoint(bible_slice, trained_chec
     assert png.read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(CorpusError, match="not in the target dictionary"):
         projection_figure([trained_checkpoint], bible_slice, "valid", ["▁the", "▁and", "▁zzzunknownzzz"], tmp_path / "x.png")
+
+
+def chinese_lines(count: int = 20, changed: int = 2) -> tuple[list[str], list[str]]:
+    """``count`` Chinese reference lines (no spaces, as Chinese is written) and hypotheses that differ from
+    them in ``changed`` characters each."""
+    pool = "天地人日月山水火木金土风云雨雪花草鸟鱼虫马牛羊家国城门书画歌舞春夏秋冬东南西北大小多少"
+    references = ["".join(pool[(7 * i + 3 * j) % len(pool)] for j in range(10 + i % 5)) for i in range(count)]
+    hypotheses = []
+    for i, line in enumerate(references):
+        chars = list(line)
+        for k in range(changed):
+            chars[2 + 4 * k] = "们的了是在"[(i + k) % 5]
+        hypotheses.append("".join(chars))
+    return hypotheses, references
+
+
+def sacrebleu_cli(ref, hyp, *options):
+    return json.loads(subprocess.run([sys.executable, "-m", "sacrebleu", str(ref), "-i", str(hyp), "-m", "bleu",
+                                      "-b", "-w", "2", *options], capture_output=True, text=True, check=True).stdout)
+
+
+def test_chinese_is_scored_with_the_tokenizer_sacrebleu_uses_for_chinese(tmp_path, capsys):
+    hypotheses, references = chinese_lines()
+    hyp, ref = write(tmp_path / "hyp.zh", hypotheses), write(tmp_path / "ref.zh", references)
+    expected = sacrebleu_cli(ref, hyp, "-l", "en-zh")
+    assert expected == sacrebleu_cli(ref, hyp, "--tokenize", "zh") and expected > 40  # two characters per line
+    assert sacrebleu_cli(ref, hyp) == 0.0  # 13a: every line is one "word"
+    for argv in (["--tgt-lang", "zh"], ["--tgt-lang", "zh-CN"], ["--tokenize", "zh"]):
+        assert eval_main(["score", "--hyp", str(hyp), "--ref", str(ref), *argv]) == 0
+        out = capsys.readouterr().out
+        assert json.loads(out.splitlines()[-1])["bleu"] == expected and "tok:zh" in out
+    scores = score_files(hyp, ref, tgt_lang="zh")
+    assert scores["bleu"]["score"] == expected and "|tok:zh|" in scores["bleu"]["signature"]
+    assert score_files(hyp, ref)["bleu"]["score"] == 0.0  # no language given: sacrebleu's default, as its CLI
+    bootstrap = paired_bootstrap(references, hypotheses, references, samples=50, tgt_lang="zh")
+    assert bootstrap["BLEU"]["system"] == pytest.approx(expected, abs=0.01) and "tok:zh" in bootstrap["BLEU"]["signature"]
+
+
+def test_a_tokenizer_that_cannot_run_is_one_clear_line(tmp_path, capsys, monkeypatch):
+    from sacrebleu.tokenizers import tokenizer_ja_mecab
+
+    monkeypatch.setattr(tokenizer_ja_mecab, "MeCab", None)  # as without sacrebleu[ja]
+    hyp, ref = write(tmp_path / "hyp.ja", ["今日は良い天気です"]), write(tmp_path / "ref.ja", ["今日は悪い天気です"])
+    assert eval_main(["score", "--hyp", str(hyp), "--ref", str(ref), "--tgt-lang", "ja"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "pip install sacrebleu[ja]" in error and "--tokenize" in error
+    assert eval_main(["score", "--hyp", str(hyp), "--ref", str(ref), "--tgt-lang", "ja", "--tokenize", "char"]) == 0
+    assert "tok:char" in capsys.readouterr().out
+
+
+def test_japanese_with_mecab_matches_sacrebleu_cli(tmp_path):
+    pytest.importorskip("MeCab")
+    pytest.importorskip("ipadic")
+    hyp = write(tmp_path / "hyp.ja", ["今日は良い天気です", "私は学校へ行きました"])
+    ref = write(tmp_path / "ref.ja", ["今日は悪い天気です", "私は学校に行きました"])
+    ours = score_files(hyp, ref, tgt_lang="ja")["bleu"]
+    assert ours["score"] == sacrebleu_cli(ref, hyp, "-l", "en-ja") and "tok:ja-mecab" in ours["signature"]
+
+
+def test_the_tokenizer_choice_is_sacrebleus_own():
+    import sacrebleu
+
+    from lskd.scoring import DEFAULT_TOKENIZER, LANGUAGE_TOKENIZERS, bleu_tokenizer
+
+    assert LANGUAGE_TOKENIZERS == sacrebleu.BLEU._TOKENIZER_MAP and DEFAULT_TOKENIZER == sacrebleu.BLEU.TOKENIZER_DEFAULT
+    assert [bleu_tokenizer(lang) for lang in ("zh", "zh_TW", "ZH-cn", "ja", "ko", "de", None)] == \
+        ["zh", "zh", "zh", "ja-mecab", "ko-mecab", "13a", "13a"]
+    assert bleu_tokenizer("zh", "char") == "char"
+
+
+@pytest.mark.slow
+def test_bleu_of_a_chinese_target_is_tokenized_for_chinese(bible_en_zh, en_zh_checkpoint, tmp_path):
+    """lskd-eval bleu takes the target language from prep.json, as sacrebleu -l en-zh does."""
+    assert eval_main(["bleu", "--checkpoint", str(en_zh_checkpoint), "--data", str(bible_en_zh), "--split", "valid",
+                      "--beam", "1", "--out", str(tmp_path)]) == 0
+    record = json.loads((tmp_path / "bleu-valid.json").read_text())
+    assert "|tok:zh|" in record["scores"]["bleu"]["signature"]
+    expected = sacrebleu_cli(record["references_file"], record["hypotheses_file"], "-l", "en-zh")
+    assert record["scores"]["bleu"]["score"] == expected
+
+
+def fairseq_like_checkpoint(path, criterion: dict, data: str, save_dir: str):
+    """The parts of a fairseq checkpoint that describe_system reads; paths stored as fairseq-train was given them."""
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": {}, "cfg": {"criterion": criterion, "task": {"data": data}, "model": {"arch": "transformer"},
+                                     "checkpoint": {"save_dir": save_dir}, "common": {"seed": 1}},
+                "optimizer_history": [{"num_updates": 4}]}, path)
+    return path
+
+
+@pytest.fixture
+def relative_run(tmp_path):
+    """A run directory whose students were trained (from ``work/``) with relative paths, as the README's
+    commands are: a word-KD student, a seq-KD student, and the teacher and data they name."""
+    work = tmp_path / "work"
+    (work / "data" / "bin").mkdir(parents=True)
+    (work / "distilled" / "bin").mkdir(parents=True)
+    teacher = fairseq_like_checkpoint(work / "teachers" / "t.pt", {"_name": "label_smoothed_cross_entropy",
+                                                                   "label_smoothing": 0.1}, "data/bin", "teachers")
+    (work / "distilled" / "distill.json").write_text(json.dumps(
+        {"teachers": [{"path": str(teacher), "label_smoothing": 0.1}], "options": {"beam": 1}}))
+    kd = {"_name": "label_smoothed_cross_entropy_with_kd", "label_smoothing": 0.0, "kd_alpha": 0.5,
+          "kd_temperature": 1.0, "teacher_path": "teachers/t.pt", "teacher_topk": 0, "teacher_topk_cache": None}
+    ce = {"_name": "label_smoothed_cross_entropy", "label_smoothing": 0.0}
+    fairseq_like_checkpoint(work / "runs" / "word_kd" / "checkpoint_last.pt", kd, "data/bin", "runs/word_kd")
+    fairseq_like_checkpoint(work / "runs" / "seq_kd" / "checkpoint_last.pt", ce, "distilled/bin", "runs/seq_kd")
+    # trained with an absolute --save-dir that is gone: found from the checkpoint's parents
+    fairseq_like_checkpoint(work / "runs" / "moved_run" / "checkpoint_last.pt", kd, "data/bin", "/gone/word_kd")
+    return work
+
+
+def test_a_record_does_not_depend_on_the_directory_it_is_written_from(relative_run, tmp_path, monkeypatch):
+    from eval.bleu import describe_system
+
+    described = {}
+    for cwd in (relative_run, tmp_path):
+        monkeypatch.chdir(cwd)
+        described[cwd] = {name: describe_system(relative_run / "runs" / name / "checkpoint_last.pt")
+                          for name in ("word_kd", "seq_kd", "moved_run")}
+    assert described[relative_run] == described[tmp_path]
+    word_kd, seq_kd, moved = (described[tmp_path][name] for name in ("word_kd", "seq_kd", "moved_run"))
+    assert word_kd["method"] == "word-KD" and word_kd["teacher_label_smoothing"] == [0.1]
+    assert word_kd["teacher_path"] == str(relative_run / "teachers" / "t.pt") and word_kd["warnings"] == []
+    assert word_kd["data"] == str(relative_run / "data" / "bin")
+    assert seq_kd["method"] == "seq-KD" and seq_kd["teacher_label_smoothing"] == [0.1] and seq_kd["distill_beam"] == 1
+    assert moved == word_kd
+
+
+def test_a_path_that_cannot_be_resolved_is_a_warning_never_another_method(relative_run, tmp_path):
+    from eval.bleu import describe_system
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for name in ("word_kd", "seq_kd"):
+        (elsewhere / f"{name}.pt").write_bytes((relative_run / "runs" / name / "checkpoint_last.pt").read_bytes())
+    word_kd, seq_kd = describe_system(elsewhere / "word_kd.pt"), describe_system(elsewhere / "seq_kd.pt")
+    # the KD criterion with alpha > 0 is word-KD whatever is missing; its teacher's label smoothing is unknown
+    assert word_kd["method"] == "word-KD" and word_kd["teacher_label_smoothing"] is None
+    assert word_kd["warnings"][:2] == [
+        f"teacher teachers/t.pt (relative to where fairseq-train ran) not found under {elsewhere}, "
+        f"{', '.join(map(str, list(elsewhere.parents)[:4]))}",
+        "training data data/bin (relative to where fairseq-train ran) not found under " + ", ".join(
+            map(str, [elsewhere, *list(elsewhere.parents)[:4]]))]
+    assert "teacher label smoothing unknown: its teacher checkpoint is not found" in word_kd["warnings"]
+    # without its data a seq-KD student cannot be told from a CE one: unknown, never CE
+    assert seq_kd["method"] == "unknown" and seq_kd["teacher_label_smoothing"] is None
+    assert any(w.startswith("training data distilled/bin (relative to where") for w in seq_kd["warnings"])
+
+    fake_bleu(tmp_path / "run" / "word_kd" / "eval" / "bleu-test.json", 10.0, word_kd, "a")
+    fake_bleu(tmp_path / "run" / "seq_kd" / "eval" / "bleu-test.json", 9.0, seq_kd, "b")
+    table = markdown_table(build_rows(tmp_path / "run")).splitlines()
+    assert table[2].startswith("| seq_kd | unknown | unknown |") and table[3].startswith("| word_kd | word-KD T=1 α=0.5 | unknown |")
+    text = write_report(tmp_path / "run").read_text()
+    assert "## Warnings" in text and "- **word_kd**: teacher teachers/t.pt (relative to where fairseq-train ran)" in text
+
+
+@pytest.mark.slow
+def test_students_trained_with_relative_paths_are_recorded_alike_from_another_directory(bible_slice,
+                                                                                        trained_checkpoint, tmp_path):
+    """fairseq-train and lskd-distill-corpus given relative paths in one directory; lskd-eval bleu and
+    lskd-report run in another: word-KD and seq-KD students keep their method and their teacher's LS."""
+    from conftest import run_module, train_tiny
+
+    from eval.bleu import describe_system
+
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    (work / "teachers").mkdir(parents=True)
+    elsewhere.mkdir()
+    (work / "data").symlink_to(bible_slice)
+    (work / "teachers" / "t.pt").write_bytes(trained_checkpoint.read_bytes())  # label smoothing 0.1
+    train_tiny(Path("data/bin"), Path("runs/word_kd"), "--criterion", "label_smoothed_cross_entropy_with_kd",
+               "--teacher-path", "teachers/t.pt", "--kd-alpha", "0.5", updates=1, cwd=work)
+    run_module("data_prep.distill", "--data", "data", "--teacher-path", "teachers/t.pt", "--out", "distilled",
+               "--beam", "1", "--max-len-a", "0", "--max-len-b", "5", "--workers", "1", cwd=work)
+    assert Path(json.loads((work / "distilled" / "distill.json").read_text())["teachers"][0]["path"]).is_absolute()
+    train_tiny(Path("distilled/bin"), Path("runs/seq_kd"), "--criterion", "label_smoothed_cross_entropy", updates=1,
+               cwd=work)
+    records = {}
+    for name in ("word_kd", "seq_kd"):
+        checkpoint = work / "runs" / name / "checkpoint_last.pt"
+        run_module("eval.cli", "bleu", "--checkpoint", str(checkpoint), "--data", str(bible_slice), "--split",
+                   "valid", "--beam", "1", "--out", f"run/{name}/eval", cwd=elsewhere)
+        records[name] = json.loads((elsewhere / "run" / name / "eval" / "bleu-valid.json").read_text())["system"]
+        assert records[name] == json.loads(json.dumps(describe_system(checkpoint)))  # as from any directory
+    assert records["word_kd"]["method"] == "word-KD" and records["word_kd"]["teacher_label_smoothing"] == [0.1]
+    assert records["seq_kd"]["method"] == "seq-KD" and records["seq_kd"]["teacher_label_smoothing"] == [0.1]
+    assert records["word_kd"]["warnings"] == records["seq_kd"]["warnings"] == []
+    run_module("eval.report", "run", cwd=elsewhere)
+    table = (elsewhere / "run" / "report.md").read_text()
+    assert "| seq_kd | seq-KD beam 1 | LS 0.1 |" in table and "| word_kd | word-KD T=1 α=0.5 | LS 0.1 |" in table
