@@ -124,7 +124,12 @@ def test_cache_gives_the_online_top_k_loss_under_shuffling(bible_slice, trained_
         torch.manual_seed(0)
         got, _, got_log = cached(model, sample)
         assert got.item() == pytest.approx(want.item(), rel=2e-3)  # fp16 probabilities in the cache
-        assert got_log["teacher_gold_in_topk"] == want_log["teacher_gold_in_topk"]
+        assert not any(key.startswith("teacher_") for key in got_log)  # diagnostics: validation only
+    model.eval()
+    _, _, want_log = online(model, sample)
+    _, _, got_log = cached(model, sample)
+    assert 0 < got_log["teacher_gold_in_topk"] == want_log["teacher_gold_in_topk"]
+    assert got_log["teacher_agree"] == want_log["teacher_agree"]
 
 
 def test_cache_for_other_data_is_refused(bible_slice, trained_checkpoint, tmp_path):
@@ -183,8 +188,12 @@ def test_fairseq_train_with_online_ensemble_and_cached_teachers(bible_slice, tra
                             "--label-smoothing", "0.1", "--kd-alpha", "0.5", *teacher_args, updates=3)
         log = result.stdout + result.stderr
         train_line = [line for line in log.splitlines() if "| train |" in line][-1]
-        for metric in ("kd_loss", "teacher_entropy", "teacher_agree", "teacher_nll", "nll_loss"):
+        valid_line = [line for line in log.splitlines() if "| valid |" in line][-1]
+        for metric in ("kd_loss", "nll_loss"):
             assert re.search(rf"\b{metric} [\d.]+", train_line), (name, metric, train_line)
+        for metric in ("kd_loss", "teacher_entropy", "teacher_agree", "teacher_nll", "nll_loss"):
+            assert re.search(rf"\b{metric} [\d.]+", valid_line), (name, metric, valid_line)
+        assert "teacher_agree" not in train_line
         assert "label smoothing 0.1" in log or "teacher label smoothing [0.1]" in log
         state = torch.load(tmp_path / name / "checkpoint_last.pt", weights_only=True)
         assert not any("teacher" in key for key in state["model"])

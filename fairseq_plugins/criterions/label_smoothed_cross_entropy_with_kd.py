@@ -1,7 +1,7 @@
 """``--criterion label_smoothed_cross_entropy_with_kd``: word-level KD from a (label-smoothed) teacher.
 
 A thin fairseq adapter: the loss and the teacher diagnostics are :mod:`lskd.losses` and
-:mod:`lskd.metrics`. The teacher comes from one checkpoint, an ensemble (``a.pt:b.pt``,
+:mod:`lskd.metrics`; the diagnostics are computed at validation only. The teacher comes from one checkpoint, an ensemble (``a.pt:b.pt``,
 probabilities averaged), or an offline top-k cache made by ``lskd-dump-topk``. It is frozen, kept
 out of the criterion's modules (so it is neither optimised nor saved in the student's
 checkpoints), and follows the student to its device and dtype.
@@ -172,7 +172,7 @@ class LabelSmoothedCrossEntropyWithKDCriterion(LabelSmoothedCrossEntropyCriterio
             "nsentences": sample["target"].size(0),
             "sample_size": sample_size,
         }
-        if scores is not None:
+        if scores is not None and not model.training:  # validation metrics: no dropout, no cost to training
             known_entropy = teacher_entropy if self.temperature == 1 else None  # the KD term's, at T = 1
             stats = teacher_statistics(scores, lprobs, target, target.ne(self.padding_idx), indices, known_entropy)
             logging_output.update({name: value.data for name, value in stats.items()})
