@@ -3,7 +3,7 @@
 Each criterion trains in its own process (fairseq's own Trainer, the same fixed batches), all
 under the same malloc settings: ``GLIBC_TUNABLES`` as given, else as ``recipes/lib.sh`` exports
 it. The processes take turns, one timed round each, for ``--rounds`` rounds (this machine is
-noisy), and the medians give the ratios:
+noisy), and the medians give the ratios (the round-by-round ones are printed too):
   * online KD vs plain: should not exceed 1 + teacher forward / student train step + 0.05;
   * top-k cache vs plain: target within 5 %;
   * cache bytes per target token (k = 8: about 48 B) vs a full fp32 distribution.
@@ -162,8 +162,9 @@ def main() -> None:
     if len({str(p.ready) for p in processes}) != 1:
         sys.exit(f"the criteria's processes differ in batches or threads: {[p.ready for p in processes]}")
     reports = {p.variant: [] for p in processes}
-    for _ in range(args.rounds):
-        for p in processes:
+    for round_index in range(args.rounds):
+        turn = round_index % len(processes)  # each criterion goes first in turn: drift spreads evenly
+        for p in processes[turn:] + processes[:turn]:
             reports[p.variant].append(p.timed_round())
     for p in processes:
         p.close()
@@ -180,6 +181,9 @@ def main() -> None:
     for name in VARIANTS:
         print(f"  {name:7s} {tokens / t[name]:8.0f} target tokens/s  (median {t[name]:.2f} s per round)")
     print(f"  teacher forward {teacher_forward:.2f} s per round; student train step (plain) {t['plain']:.2f} s")
+    per_round = [f"{o['step'] / p['step']:.3f}/{c['step'] / p['step']:.3f}"
+                 for p, o, c in zip(*(reports[name] for name in VARIANTS))]
+    print(f"  online/plain and cache/plain, round by round: {' '.join(per_round)}")
     print(f"online KD slowdown   = {online:.3f}  (bound 1 + teacher/student + 0.05 = {bound:.3f}): "
           f"{'OK' if online <= bound else 'ABOVE'}")
     print(f"top-k cache slowdown = {cached:.3f}  (target <= 1.05): {'OK' if cached <= 1.05 else 'ABOVE'}")
