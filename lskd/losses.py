@@ -102,21 +102,17 @@ def kd_terms(
     student_lp = upcast(student_lprobs) if temperature == 1 else tempered_log_probs(student_lprobs, temperature)
     if teacher_indices is not None:
         student_lp = student_lp.gather(-1, teacher_indices)
-    teacher_lp = finite(teacher_lp)  # p_t = 0 then gives 0 * log 0 = 0, not 0 * -inf = NaN
     teacher_p = teacher_lp.exp()
-    neg_entropy = (teacher_p * teacher_lp).sum(-1)  # sum_v p_t log p_t = -H(p_t)
-    cross = (teacher_p * student_lp).sum(-1)  # sum_v p_t log p_s
+    # sum_v p_t log p_t = -H(p_t): a zero p_t gives 0 * -inf = NaN, which nansum takes as 0 * log 0 = 0
+    neg_entropy = (teacher_p * teacher_lp).nansum(-1)
+    cross = (teacher_p * student_lp).sum(-1)  # sum_v p_t log p_s (log p_s is finite)
     return neg_entropy - cross, -neg_entropy
 
 
-def finite(log_p: torch.Tensor) -> torch.Tensor:
-    """Log-probabilities with -inf (a probability of 0) raised to the smallest finite value."""
-    return log_p.clamp_min(torch.finfo(log_p.dtype).min)
-
-
 def expected_log_prob(p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
-    """``sum_v p_v * log q_v`` over the last dimension, with ``0 * log 0 = 0``."""
-    return (p * finite(log_q)).sum(-1)
+    """``sum_v p_v * log q_v`` over the last dimension, with ``0 * log 0 = 0`` (``log q`` = -inf is
+    raised to the smallest finite value, so a zero ``p`` gives 0 where ``0 * -inf`` would be NaN)."""
+    return (p * log_q.clamp_min(torch.finfo(log_q.dtype).min)).sum(-1)
 
 
 def word_kd_loss(
