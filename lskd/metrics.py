@@ -58,35 +58,13 @@ def top1_agreement(
 ) -> torch.Tensor:
     """Per position: is the student's top-1 class a top-1 class of the teacher (ties count)?
 
-    One index search and one ``amax``: on CPU, ``max``/``argmax`` with indices over a (N, V) batch
-    cost three to six times an ``amax``, and this sits on the word-KD hot path. With
-    ``teacher_indices`` (top-k) the teacher's top-1 is looked up in the student instead.
+    With ``teacher_indices`` (top-k) the teacher's top-1 is looked up in the student instead.
     """
     if teacher_indices is None:
-        student_top1 = top1_index(student_scores).unsqueeze(-1)
+        student_top1 = student_scores.argmax(-1, keepdim=True)
         return teacher_scores.gather(-1, student_top1).squeeze(-1).eq(teacher_scores.amax(-1))
-    teacher_top1 = teacher_indices.gather(-1, teacher_scores.max(-1, keepdim=True).indices)
+    teacher_top1 = teacher_indices.gather(-1, teacher_scores.argmax(-1, keepdim=True))
     return student_scores.gather(-1, teacher_top1).squeeze(-1).eq(student_scores.amax(-1))
-
-
-def top1_index(scores: torch.Tensor, block: int = 64) -> torch.Tensor:
-    """``scores.max(-1).indices``, about twice as fast on CPU for a large last dimension.
-
-    ``max`` with indices is not vectorised there; ``amax`` is. So: ``amax`` over blocks of the last
-    dimension, then the index search only inside each row's winning block (and the ragged tail).
-    """
-    size = scores.size(-1)
-    full = size // block * block
-    if size < 16 * block:
-        return scores.max(-1).indices
-    blocks = scores[..., :full].unflatten(-1, (-1, block))
-    best_value, best_block = blocks.amax(-1).max(-1, keepdim=True)
-    winner = blocks.gather(-2, best_block.unsqueeze(-1).expand(*best_block.shape, block)).squeeze(-2)
-    index = best_block.squeeze(-1) * block + winner.max(-1).indices
-    if full < size:
-        tail_value, tail_index = scores[..., full:].max(-1)
-        index = torch.where(tail_value > best_value.squeeze(-1), tail_index + full, index)
-    return index
 
 
 class StabilityAccumulator:

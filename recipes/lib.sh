@@ -10,7 +10,8 @@ CPU_FLAG=(); [ "$LSKD_DEVICE" = gpu ] || CPU_FLAG=(--cpu)
 GPU_FLAG=(); [ "$LSKD_DEVICE" != gpu ] || GPU_FLAG=(--gpu)
 
 # glibc returns freed blocks of >= 32 MiB to the OS at once, so every step pays page faults on fresh
-# (tokens x V) tensors; keeping them is ~10 % faster for every criterion (benchmarks/kd_throughput.py).
+# (tokens x V) tensors; keeping them made a training step ~10 % faster for every criterion on the 2-core CPU
+# machine (torch 2.13, measured 2026-11). benchmarks/kd_throughput.py runs all criteria under this setting.
 export GLIBC_TUNABLES=${GLIBC_TUNABLES:-glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=4294967296}
 
 stage() { [ "$LSKD_DRY_RUN" = 1 ] || printf '\n== %s\n' "$*"; }

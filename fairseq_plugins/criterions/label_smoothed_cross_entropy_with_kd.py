@@ -1,7 +1,7 @@
 """``--criterion label_smoothed_cross_entropy_with_kd``: word-level KD from a (label-smoothed) teacher.
 
 A thin fairseq adapter: the loss and the teacher diagnostics are :mod:`lskd.losses` and
-:mod:`lskd.metrics`. The teacher comes from one checkpoint, an ensemble (``a.pt:b.pt``,
+:mod:`lskd.metrics`; the diagnostics are computed at validation only. The teacher comes from one checkpoint, an ensemble (``a.pt:b.pt``,
 probabilities averaged), or an offline top-k cache made by ``lskd-dump-topk``. It is frozen, kept
 out of the criterion's modules (so it is neither optimised nor saved in the student's
 checkpoints), and follows the student to its device and dtype.
@@ -23,41 +23,16 @@ from fairseq.criterions.label_smoothed_cross_entropy import (
     LabelSmoothedCrossEntropyCriterionConfig,
 )
 from fairseq.logging import metrics
-from fairseq.models import BaseFairseqModel, FairseqDecoder
-from fairseq.models.transformer import TransformerModelBase
 from omegaconf import II
 
 from fairseq_plugins.data import dataset_sha256
 from fairseq_plugins.teacher import load_teachers, split_teacher_paths, teacher_log_probs
-from lskd.allocator import keep_freed_memory
 from lskd.losses import topk_scores, validate_kd_args, word_kd_loss
 from lskd.metrics import teacher_statistics
 from lskd.provenance import sha256_file
 from lskd.topk_cache import TopKCache, TopKCacheError
 
 logger = logging.getLogger(__name__)
-
-
-def softmax_logits(model, net_output) -> Optional[torch.Tensor]:
-    """The decoder's logits when the model's log-probabilities are plain ``log_softmax(logits)``.
-
-    fairseq normalises in ``get_normalized_probs``. Where neither the model nor its decoder changes
-    that (no override, no adaptive softmax), the KD loss may normalise the logits itself, in the
-    pass that computes it; any other model gets ``None`` and keeps fairseq's log-probabilities.
-    """
-    while isinstance(getattr(model, "module", None), torch.nn.Module):  # distributed wrappers
-        model = model.module
-    decoder = getattr(model, "decoder", None)
-    plain = (
-        type(model).get_normalized_probs in (BaseFairseqModel.get_normalized_probs,
-                                             TransformerModelBase.get_normalized_probs)
-        and type(model).get_normalized_probs_scriptable is BaseFairseqModel.get_normalized_probs_scriptable
-        and isinstance(decoder, FairseqDecoder)
-        and type(decoder).get_normalized_probs is FairseqDecoder.get_normalized_probs
-        and type(decoder).get_normalized_probs_scriptable is FairseqDecoder.get_normalized_probs_scriptable
-        and getattr(decoder, "adaptive_softmax", None) is None
-    )
-    return net_output[0] if plain else None
 
 
 @dataclass
@@ -107,7 +82,6 @@ class LabelSmoothedCrossEntropyWithKDCriterion(LabelSmoothedCrossEntropyCriterio
     ):
         super().__init__(task, sentence_avg, label_smoothing, ignore_prefix_size, report_accuracy)
         validate_kd_args(kd_alpha, kd_temperature)
-        keep_freed_memory()
         vocab_size = len(task.target_dictionary)
         if teacher_topk < 0 or teacher_topk > vocab_size:
             raise ValueError(f"--teacher-topk {teacher_topk} must be between 0 and the vocabulary size ({vocab_size})")
@@ -182,17 +156,12 @@ class LabelSmoothedCrossEntropyWithKDCriterion(LabelSmoothedCrossEntropyCriterio
     # -- loss -----------------------------------------------------------------------------
     def forward(self, model, sample, reduce=True):
         net_output = model(**sample["net_input"])
-        logits = softmax_logits(model, net_output)
-        if logits is not None:  # the loss normalises them in its own pass
-            student_scores, target = self._trim(logits), self._trim(model.get_targets(sample, net_output))
-        else:
-            student_scores, target = self.get_lprobs_and_target(model, net_output, sample)
+        lprobs, target = self.get_lprobs_and_target(model, net_output, sample)
         scores, indices = self.teacher_scores(model, sample)
         alpha = self.alpha if scores is not None else 0.0
         loss, nll_loss, kd_loss, teacher_entropy = word_kd_loss(
-            student_scores, target, scores, alpha=alpha, temperature=self.temperature, epsilon=self.eps,
+            lprobs, target, scores, alpha=alpha, temperature=self.temperature, epsilon=self.eps,
             ignore_index=self.padding_idx, teacher_indices=indices, teacher_normalized=indices is None,
-            student_normalized=logits is None,
         )
         sample_size = sample["target"].size(0) if self.sentence_avg else sample["ntokens"]
         logging_output = {
@@ -203,10 +172,9 @@ class LabelSmoothedCrossEntropyWithKDCriterion(LabelSmoothedCrossEntropyCriterio
             "nsentences": sample["target"].size(0),
             "sample_size": sample_size,
         }
-        if scores is not None:
-            known_entropy = teacher_entropy if alpha > 0 and self.temperature == 1 else None
-            stats = teacher_statistics(scores, student_scores, target, target.ne(self.padding_idx), indices,
-                                       known_entropy)
+        if scores is not None and not model.training:  # validation metrics: no dropout, no cost to training
+            known_entropy = teacher_entropy if self.temperature == 1 else None  # the KD term's, at T = 1
+            stats = teacher_statistics(scores, lprobs, target, target.ne(self.padding_idx), indices, known_entropy)
             logging_output.update({name: value.data for name, value in stats.items()})
         if self.report_accuracy:
             n_correct, total = self.compute_accuracy(model, net_output, sample)
