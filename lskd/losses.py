@@ -23,6 +23,8 @@ from typing import NamedTuple, Sequence
 import torch
 import torch.nn.functional as F
 
+from lskd.errors import InvalidValueError
+
 
 class KDLoss(NamedTuple):
     """Sums over non-padding positions, like fairseq's losses."""
@@ -75,7 +77,7 @@ def ensemble_log_probs(member_scores: Sequence[torch.Tensor]) -> torch.Tensor:
 def topk_scores(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The teacher's k best log-probabilities and their indices (renormalised later, by temperature)."""
     if k > scores.size(-1):
-        raise ValueError(f"teacher top-k {k} is larger than the vocabulary ({scores.size(-1)})")
+        raise InvalidValueError(f"teacher top-k {k} is larger than the vocabulary ({scores.size(-1)})")
     values, indices = tempered_log_probs(scores).topk(k, dim=-1)
     return values, indices
 
@@ -142,7 +144,7 @@ def word_kd_loss(
     """
     validate_kd_args(alpha, temperature)
     if alpha > 0 and teacher_scores is None:
-        raise ValueError("alpha > 0 needs teacher scores")
+        raise InvalidValueError("alpha > 0 needs teacher scores")
     student_lprobs = upcast(student_scores) if student_normalized else F.log_softmax(upcast(student_scores), dim=-1)
     ls_loss, nll_loss = label_smoothed_nll_loss(student_lprobs, target, epsilon, ignore_index)
     if teacher_scores is None:
@@ -160,6 +162,6 @@ def word_kd_loss(
 def validate_kd_args(alpha: float, temperature: float) -> None:
     """Stop a run early on knobs that make no sense."""
     if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"kd alpha must be in [0, 1], got {alpha}")
+        raise InvalidValueError(f"kd alpha must be in [0, 1], got {alpha}")
     if not temperature > 0:
-        raise ValueError(f"kd temperature must be > 0, got {temperature}")
+        raise InvalidValueError(f"kd temperature must be > 0, got {temperature}")
