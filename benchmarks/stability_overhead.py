@@ -35,14 +35,15 @@ def main() -> None:
     if not args.checkpoint.is_file():
         sys.exit(f"{args.checkpoint} not found: run `bash recipes/quickstart.sh` or pass --checkpoint/--data")
 
-    from eval.analysis import most_frequent_gold_classes
+    from eval.analysis import checked_lengths, most_frequent_gold_classes
     from fairseq_plugins.tasks import split_batches, task_and_model
     from fairseq_plugins.teacher import teacher_log_probs
     from lskd.prepared import load_prepared
     from lskd.metrics import CalibrationAccumulator, StabilityAccumulator
 
     task, model, _ = task_and_model(args.checkpoint, load_prepared(args.data))
-    batches = list(split_batches(task, [model], args.split, 4096, torch.device("cpu"), "loading"))
+    lengths = checked_lengths(task, model, args.split, "skip", "the timing")
+    batches = list(split_batches(task, lengths, 4096, torch.device("cpu"), "loading"))
     pad = task.target_dictionary.pad()
     vocab = len(task.target_dictionary)
     classes = most_frequent_gold_classes(task, args.split, args.max_classes)

@@ -3,6 +3,11 @@
 The cache (see :mod:`lskd.topk_cache`) lets students be distilled with
 ``--teacher-topk-cache DIR`` without a teacher in memory. Each split goes to ``DIR/SPLIT`` with a
 manifest recording the data's and the teachers' sha256, so a cache is never used with other data.
+
+A sentence pair longer than the teachers accept (source or target, with ``--max-source-positions``
+and ``--max-target-positions`` as ``fairseq-train`` takes them) is what ``fairseq-train`` never
+batches: by default (``--too-long skip``) it gets no entry, and the manifest counts it and lists its
+id (:func:`fairseq_plugins.tasks.check_lengths`).
 """
 from __future__ import annotations
 
@@ -12,34 +17,43 @@ from pathlib import Path
 
 import torch
 
-from lskd.errors import console_script
+from lskd.errors import console_script, name_ids
 from lskd.losses import topk_scores
 from lskd.provenance import provenance
+from lskd.too_long import TOO_LONG_POLICIES
 from lskd.topk_cache import TopKCacheError, TopKCacheWriter
 
 
-def dump_split(task, teachers, infos, split: str, k: int, out: Path, max_tokens: int, device: torch.device) -> dict:
+def dump_split(task, teachers, infos, split: str, k: int, out: Path, max_tokens: int, device: torch.device,
+               too_long: str = "skip") -> dict:
+    """Write the top-k cache of ``split`` to ``out/split``; sentences too long for the teachers follow
+    ``too_long`` (``skip``: no entry, counted and listed in the manifest; ``error``: stop naming them)."""
     from fairseq_plugins.data import dataset_sha256
-    from fairseq_plugins.tasks import split_batches
+    from fairseq_plugins.tasks import check_lengths, split_batches
     from fairseq_plugins.teacher import teacher_log_probs
 
-    task.load_dataset(split)
+    lengths = check_lengths(task, teachers, split)
+    lengths.enforce(too_long, hint="pass --too-long skip to leave them out of the cache, as fairseq-train "
+                                   "leaves them out of training")
+    source, target = lengths.max_positions
     writer = TopKCacheWriter(
         out / split, k, task.dataset(split).tgt_sizes,
+        skipped=lengths.too_long, skip_reason=lengths.limits,
         manifest={
             "data": f"{Path(task.cfg.data).resolve()}:{split}",
             "data_sha256": dataset_sha256(task, split),
             "teacher_path": [info.path for info in infos],
             "teacher_sha256": [info.sha256 for info in infos],
             "teacher_label_smoothing": [info.label_smoothing for info in infos],
+            "too_long": {"policy": too_long, "max_source_positions": source, "max_target_positions": target},
             **provenance(),
         },
     )
     pad = task.target_dictionary.pad()
-    for sample in split_batches(task, teachers, split, max_tokens, device, f"top-{k} {split}"):
+    for sample in split_batches(task, lengths, max_tokens, device, f"top-{k} {split}"):
         values, indices = topk_scores(teacher_log_probs(teachers, sample["net_input"]), k)
-        lengths = sample["target"].ne(pad).sum(-1).tolist()
-        for row, (sid, length) in enumerate(zip(sample["id"].tolist(), lengths)):
+        target_lengths = sample["target"].ne(pad).sum(-1).tolist()
+        for row, (sid, length) in enumerate(zip(sample["id"].tolist(), target_lengths)):
             writer.write(sid, indices[row, :length], values[row, :length].exp())
     return writer.close()
 
@@ -55,24 +69,46 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--source-lang", help="default: inferred from the data directory")
     parser.add_argument("--target-lang", help="default: inferred from the data directory")
     parser.add_argument("--max-tokens", type=int, default=4096)
+    parser.add_argument("--max-source-positions", type=int, default=1024,
+                        help="as fairseq-train's: longer sources are too long (default 1024, or less if the teacher "
+                             "accepts less)")
+    parser.add_argument("--max-target-positions", type=int, default=1024, help="the same for targets")
+    parser.add_argument("--too-long", choices=TOO_LONG_POLICIES, default="skip",
+                        help="sentence pairs longer than the teacher accepts: skip (no entry, counted and listed in "
+                             "the manifest, as fairseq-train leaves them out of training) or error (default skip)")
     parser.add_argument("--gpu", action="store_true", help="run the teacher on CUDA")
     args = parser.parse_args(argv)
 
     from fairseq_plugins.tasks import translation_task
     from fairseq_plugins.teacher import load_teachers
 
-    task = translation_task(args.data, args.source_lang, args.target_lang)
+    task = translation_task(args.data, args.source_lang, args.target_lang,
+                            (args.max_source_positions, args.max_target_positions))
     if not 0 < args.k <= len(task.target_dictionary):
         raise TopKCacheError(f"--k {args.k} must be between 1 and the vocabulary size ({len(task.target_dictionary)})")
     teachers, infos = load_teachers(args.teacher_path, task)
     device = torch.device("cuda" if args.gpu else "cpu")
     teachers = [t.to(device) for t in teachers]
     for split in args.splits.split(","):
-        manifest = dump_split(task, teachers, infos, split, args.k, args.out, args.max_tokens, device)
+        manifest = dump_split(task, teachers, infos, split, args.k, args.out, args.max_tokens, device, args.too_long)
         size = (args.out / split / "indices.npy").stat().st_size + (args.out / split / "probs.npy").stat().st_size
-        print(f"{split}: {manifest['sentences']} sentences, {manifest['tokens']} target tokens, "
+        kept = manifest["sentences"] - manifest["skipped"]["count"]
+        print(f"{split}: {kept} of {manifest['sentences']} sentences, {manifest['tokens']} target tokens, "
               f"{size / max(manifest['tokens'], 1):.1f} bytes/token -> {args.out / split}")
+        print_skipped(split, manifest)
     return 0
+
+
+def print_skipped(split: str, manifest: dict) -> None:
+    """Say which sentences have no entry, and what fairseq-train needs to leave the same ones out."""
+    skipped, limits = manifest["skipped"], manifest["too_long"]
+    if not skipped["count"]:
+        return
+    flags = f"--max-source-positions {limits['max_source_positions']} --max-target-positions {limits['max_target_positions']}"
+    validation = " --skip-invalid-size-inputs-valid-test" if split != "train" else ""
+    print(f"{split}: {skipped['count']} sentences skipped, too long ({skipped['reason']}): ids "
+          f"{name_ids(skipped['ids'])}; train the student with {flags}{validation} so that fairseq-train leaves "
+          f"out the same ones")
 
 
 if __name__ == "__main__":

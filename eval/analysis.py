@@ -21,32 +21,49 @@ from lskd.provenance import provenance, write_json
 DEFAULT_MAX_CLASSES = 1000
 
 
-def most_frequent_gold_classes(task, split: str, limit: int) -> torch.Tensor:
-    """The ``limit`` most frequent target tokens of ``split`` (padding excluded)."""
+def most_frequent_gold_classes(task, split: str, limit: int, leave_out: Sequence[int] = ()) -> torch.Tensor:
+    """The ``limit`` most frequent target tokens of ``split`` (padding and the sentences ``leave_out`` excluded)."""
     task.load_dataset(split)
     dataset = task.dataset(split).tgt
     counts = torch.zeros(len(task.target_dictionary), dtype=torch.long)
+    left_out = set(leave_out)
     for i in range(len(dataset)):
-        counts += torch.bincount(dataset[i].long(), minlength=len(counts))
+        if i not in left_out:
+            counts += torch.bincount(dataset[i].long(), minlength=len(counts))
     counts[task.target_dictionary.pad()] = 0
     seen = int((counts > 0).sum())
     return counts.argsort(descending=True)[: min(limit, seen)]
 
 
+def checked_lengths(task, model, split: str, too_long: str, what: str):
+    """The split's sentences too long for ``model`` (:func:`fairseq_plugins.tasks.check_lengths`), after
+    the ``too_long`` policy: ``error`` stops naming them, ``skip`` leaves them out of ``what``."""
+    from fairseq_plugins.tasks import check_lengths
+
+    lengths = check_lengths(task, [model], split)
+    lengths.enforce(too_long, hint=f"pass --too-long skip to leave them out of {what}")
+    return lengths
+
+
 def stability_report(checkpoint: Path, data_dir: Path, split: str, out_dir: Path, max_classes: int = DEFAULT_MAX_CLASSES,
-                     max_tokens: int = 4096, device: str = "cpu") -> dict[str, Any]:
-    """One teacher-forced pass: stability ``1 - S``, ECE (15 bins), accuracy and entropy; writes JSON."""
+                     max_tokens: int = 4096, device: str = "cpu", too_long: str = "error") -> dict[str, Any]:
+    """One teacher-forced pass: stability ``1 - S``, ECE (15 bins), accuracy and entropy; writes JSON.
+
+    Sentence pairs longer than the model accepts stop it (naming them) unless ``too_long="skip"``;
+    the record's ``too_long``, ``sentences`` and ``warnings`` then say which were left out. The classes
+    are counted over the sentences used."""
     from fairseq_plugins.tasks import split_batches, task_and_model
     from fairseq_plugins.teacher import teacher_log_probs
 
     data = load_prepared(data_dir)
     task, model, info = task_and_model(checkpoint, data)
     model.to(device)
+    lengths = checked_lengths(task, model, split, too_long, "the statistics (the record lists them)")
     dictionary = task.target_dictionary
-    classes = most_frequent_gold_classes(task, split, max_classes)
+    classes = most_frequent_gold_classes(task, split, max_classes, lengths.too_long)
     stability = StabilityAccumulator(len(dictionary), classes=classes)
     calibration = CalibrationAccumulator(15)
-    for sample in split_batches(task, [model], split, max_tokens, torch.device(device), f"stability {split}"):
+    for sample in split_batches(task, lengths, max_tokens, torch.device(device), f"stability {split}"):
         log_probs = teacher_log_probs([model], sample["net_input"])
         mask = sample["target"].ne(dictionary.pad())
         kept, gold = log_probs[mask], sample["target"][mask]
@@ -56,6 +73,9 @@ def stability_report(checkpoint: Path, data_dir: Path, split: str, out_dir: Path
     per_class = stability.per_class()
     record = {
         "split": split,
+        "sentences": lengths.kept,
+        "too_long": lengths.record(too_long),
+        "warnings": [lengths.left_out_warning()] if lengths.too_long else [],
         "one_minus_s": stability.result(),
         "classes": len(per_class),
         "max_classes": max_classes,
@@ -76,11 +96,13 @@ def stability_report(checkpoint: Path, data_dir: Path, split: str, out_dir: Path
 
 @torch.no_grad()
 def penultimate_points(checkpoint: Path, data_dir: Path, split: str, tokens: Sequence[str],
-                       max_tokens: int = 4096) -> tuple[torch.Tensor, torch.Tensor, float | None]:
-    """(N, 2) plane coordinates and (N,) class indices of decoder states whose gold token is one of ``tokens``."""
+                       max_tokens: int = 4096, too_long: str = "error") -> tuple[torch.Tensor, torch.Tensor, float | None]:
+    """(N, 2) plane coordinates and (N,) class indices of decoder states whose gold token is one of ``tokens``
+    (sentences too long for the model: ``too_long`` policy)."""
     from fairseq_plugins.tasks import split_batches, task_and_model
 
     task, model, info = task_and_model(checkpoint, load_prepared(data_dir))
+    lengths = checked_lengths(task, model, split, too_long, "the picture")
     dictionary = task.target_dictionary
     ids = [dictionary.index(t) for t in tokens]
     missing = [t for t, i in zip(tokens, ids) if i == dictionary.unk()]
@@ -88,7 +110,7 @@ def penultimate_points(checkpoint: Path, data_dir: Path, split: str, tokens: Seq
         raise CorpusError(f"token(s) {missing} are not in the target dictionary (SentencePiece pieces start with '▁')")
     templates = model.decoder.output_projection.weight[ids]
     features, labels = [], []
-    for sample in split_batches(task, [model], split, max_tokens, torch.device("cpu"), f"features {split}"):
+    for sample in split_batches(task, lengths, max_tokens, torch.device("cpu"), f"features {split}"):
         hidden, _ = model(**sample["net_input"], features_only=True)
         for cls, token in enumerate(ids):
             where = sample["target"].eq(token)
@@ -98,11 +120,12 @@ def penultimate_points(checkpoint: Path, data_dir: Path, split: str, tokens: Seq
     return points, torch.cat(labels), info.label_smoothing
 
 
-def projection_figure(checkpoints: Sequence[Path], data_dir: Path, split: str, tokens: Sequence[str], out: Path) -> Path:
+def projection_figure(checkpoints: Sequence[Path], data_dir: Path, split: str, tokens: Sequence[str], out: Path,
+                      too_long: str = "error") -> Path:
     """Side-by-side projections, one panel per checkpoint, titled with its label smoothing."""
     panels = []
     for checkpoint in checkpoints:
-        points, labels, smoothing = penultimate_points(checkpoint, data_dir, split, tokens)
+        points, labels, smoothing = penultimate_points(checkpoint, data_dir, split, tokens, too_long=too_long)
         panels.append((f"{Path(checkpoint).parent.name} (label smoothing {smoothing})", points, labels))
     out.parent.mkdir(parents=True, exist_ok=True)
     return save_projection_figure(panels, tokens, out)

@@ -3,6 +3,8 @@
 The references are the untouched raw target lines recorded by ``lskd-prepare``; the hypotheses
 are SentencePiece-decoded. Nothing is scored unless every reference has exactly one hypothesis,
 in order: fairseq silently drops a tail batch unless ``--required-batch-size-multiple 1``.
+A sentence pair longer than the model accepts (which ``fairseq-generate`` refuses) stops the run,
+naming it, unless the ``skip`` policy leaves it out: the record then says which and how many.
 """
 from __future__ import annotations
 
@@ -12,13 +14,13 @@ import subprocess
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import sacrebleu
 
 from lskd.checkpoint import CheckpointError
 from lskd.corpus import CorpusError, iter_lines, read_lines, write_lines
-from lskd.errors import LSKDError
+from lskd.errors import LSKDError, name_ids
 from lskd.prepared import load_prepared
 from lskd.provenance import provenance, sha256_file, write_json
 from lskd.scoring import bleu_metric, corpus_metrics
@@ -95,8 +97,10 @@ def score_files(hypothesis_file: str | Path, reference_file: str | Path, tgt_lan
     return score(hypotheses, references, tgt_lang, tokenize)
 
 
-def generate(checkpoint: Path, bin_dir: Path, split: str, options: DecodeOptions, log_path: Path) -> dict[int, str]:
-    """Run fairseq-generate; return {sentence id: detokenized hypothesis}."""
+def generate(checkpoint: Path, bin_dir: Path, split: str, options: DecodeOptions, log_path: Path,
+             skip_too_long: bool = False) -> dict[int, str]:
+    """Run fairseq-generate; return {sentence id: detokenized hypothesis}. ``skip_too_long``: leave out the
+    sentences longer than the model accepts (fairseq's ``--skip-invalid-size-inputs-valid-test``)."""
     command = [
         sys.executable, "-m", "fairseq_cli.generate", str(bin_dir),
         "--user-dir", plugin_dir(),
@@ -105,7 +109,7 @@ def generate(checkpoint: Path, bin_dir: Path, split: str, options: DecodeOptions
         "--batch-size", str(options.batch_size), "--required-batch-size-multiple", "1",
         "--max-len-a", str(options.max_len_a), "--max-len-b", str(options.max_len_b),
         "--post-process", "sentencepiece", "--num-workers", "0",
-    ] + (["--cpu"] if options.cpu else [])
+    ] + (["--cpu"] if options.cpu else []) + (["--skip-invalid-size-inputs-valid-test"] if skip_too_long else [])
     with open(log_path, "w", encoding="utf-8") as log:
         result = subprocess.run(command, stdout=subprocess.PIPE, stderr=log)
     if result.returncode != 0:
@@ -120,16 +124,17 @@ def generate(checkpoint: Path, bin_dir: Path, split: str, options: DecodeOptions
     return hypotheses
 
 
-def ordered(hypotheses: dict[int, str], expected: int) -> list[str]:
-    """Hypotheses in sentence-id order; fail naming the ids that have none."""
-    missing = [i for i in range(expected) if i not in hypotheses]
-    extra = sorted(set(hypotheses) - set(range(expected)))
+def ordered(hypotheses: dict[int, str], expected: Sequence[int]) -> list[str]:
+    """Hypotheses of the ``expected`` sentence ids, in that order; fail naming the ids that have none
+    and those not expected."""
+    missing = [i for i in expected if i not in hypotheses]
+    extra = sorted(set(hypotheses) - set(expected))
     if missing or extra:
         raise CorpusError(
-            f"decoding returned {len(hypotheses)} hypotheses for {expected} sentences; "
-            f"missing ids {missing[:20]}{'...' if len(missing) > 20 else ''}, unexpected ids {extra[:20]}"
+            f"decoding returned {len(hypotheses)} hypotheses for {len(expected)} sentences; "
+            f"missing ids [{name_ids(missing)}], unexpected ids [{name_ids(extra)}]"
         )
-    return [hypotheses[i] for i in range(expected)]
+    return [hypotheses[i] for i in expected]
 
 
 def describe_system(checkpoint: Path) -> dict[str, Any]:
@@ -189,32 +194,54 @@ def _distillation_manifest(bin_dir: str) -> dict[str, Any] | None:
 
 
 def evaluate(checkpoint: Path, data_dir: Path, split: str, out_dir: Path, options: DecodeOptions,
-             tokenize: str | None = None) -> dict[str, Any]:
+             tokenize: str | None = None, too_long: str = "error") -> dict[str, Any]:
     """Decode ``split`` of a ``lskd-prepare`` directory and write hypotheses plus a JSON record.
 
-    BLEU is tokenized for the data's target language (``prep.json``), or by ``tokenize``.
+    BLEU is tokenized for the data's target language (``prep.json``), or by ``tokenize``. Sentence
+    pairs longer than the model accepts stop it (:class:`lskd.too_long.TooLongError`, naming them)
+    unless ``too_long="skip"``: they are then left out of decoding and scoring, and the record's
+    ``too_long``, ``sentences`` and ``warnings`` say so; the scored references are written next to
+    the hypotheses.
     """
+    from fairseq_plugins.tasks import check_lengths, task_and_model
+
     data = load_prepared(data_dir)
     corpus_metrics(data.tgt, tokenize)  # a tokenizer that cannot run fails now, not after decoding
     if not checkpoint.is_file():
         raise CheckpointError(f"checkpoint not found: {checkpoint}")
     system = describe_system(checkpoint)  # reads it safely first: a refused checkpoint is never decoded
+    task, model, _ = task_and_model(checkpoint, data)  # fairseq-generate's task defaults and the model's limits
+    lengths = check_lengths(task, [model], split)
+    lengths.enforce(too_long, hint="pass --too-long skip to score the other sentences (the record lists the ids "
+                                   "left out)")
     src, tgt = data.src, data.tgt
-    references = read_lines(data.raw(split, tgt))
+    all_references = read_lines(data.raw(split, tgt))
+    if len(all_references) != lengths.sentences:
+        raise CorpusError(f"{data.raw(split, tgt)} has {len(all_references)} lines but the binarized '{split}' split "
+                          f"{lengths.sentences} sentences: prepare the data again")
+    skipped = set(lengths.too_long)
+    scored_ids = [i for i in range(lengths.sentences) if i not in skipped]
+    references = [all_references[i] for i in scored_ids]
     out_dir.mkdir(parents=True, exist_ok=True)
     hypotheses = ordered(
-        generate(checkpoint, data.bin_dir, split, options, out_dir / f"generate-{split}.log"),
-        len(references),
+        generate(checkpoint, data.bin_dir, split, options, out_dir / f"generate-{split}.log", bool(skipped)),
+        scored_ids,
     )
     hypothesis_file = out_dir / f"{split}.hyp.{tgt}"
     write_lines(hypothesis_file, hypotheses)
+    references_file = data.raw(split, tgt)
+    if skipped:
+        references_file = out_dir / f"{split}.ref.{tgt}"
+        write_lines(references_file, references)
     record = {
         "scores": score(hypotheses, references, tgt, tokenize),
         "split": split,
         "pair": f"{src}-{tgt}",
         "sentences": len(references),
+        "too_long": lengths.record(too_long),
+        "warnings": [lengths.left_out_warning()] if skipped else [],
         "hypotheses_file": str(hypothesis_file),
-        "references_file": str(data.raw(split, tgt)),
+        "references_file": str(references_file),
         "checkpoint": {"path": str(checkpoint.resolve()), "sha256": sha256_file(checkpoint)},
         "system": system,
         "data": data.provenance(),
@@ -238,4 +265,5 @@ def format_table(record_paths: list[Path]) -> str:
     for metric in ("bleu", "chrf", "ter"):
         signatures = sorted({record["scores"][metric]["signature"] for _, record in records})
         lines.append(f"{metric} signature: {' / '.join(signatures)}")
+    lines += [f"{label}: {warning}" for label, record in records for warning in record.get("warnings", [])]
     return "\n".join(lines)

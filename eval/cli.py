@@ -10,6 +10,7 @@ from eval.bleu import DecodeOptions, evaluate, format_table, paired_bootstrap, s
 from lskd.corpus import read_lines
 from lskd.errors import console_script
 from lskd.scoring import TOKENIZERS
+from lskd.too_long import TOO_LONG_POLICIES
 
 
 def add_tokenize(parser: argparse.ArgumentParser, tgt_lang: bool) -> None:
@@ -19,6 +20,13 @@ def add_tokenize(parser: argparse.ArgumentParser, tgt_lang: bool) -> None:
                                                "sacrebleu -l SRC-TGT does; default: 13a)")
     parser.add_argument("--tokenize", choices=TOKENIZERS,
                         help="BLEU tokenizer (default: sacrebleu's choice for the target language)")
+
+
+def add_too_long(parser: argparse.ArgumentParser, what: str) -> None:
+    """Sentence pairs longer than the model accepts: stop naming them (default), or leave them out."""
+    parser.add_argument("--too-long", choices=TOO_LONG_POLICIES, default="error",
+                        help=f"sentence pairs longer than the model accepts: error (default: stop, naming their ids) "
+                             f"or skip (leave them out of {what}; the record lists them)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     bleu.add_argument("--lenpen", type=float, default=1.0)
     bleu.add_argument("--batch-size", type=int, default=64)
     bleu.add_argument("--gpu", action="store_true", help="decode on the GPU (default: --cpu)")
+    add_too_long(bleu, "decoding and scoring")
     add_tokenize(bleu, tgt_lang=False)  # the target language is prep.json's
 
     stability = commands.add_parser("stability", help="stability 1 - S, ECE and entropy of a checkpoint on a split")
@@ -44,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     stability.add_argument("--max-classes", type=int, default=1000,
                            help="the most frequent gold tokens used as classes (memory: N x V x 8 bytes; default 1000)")
     stability.add_argument("--max-tokens", type=int, default=4096)
+    add_too_long(stability, "the statistics")
 
     project = commands.add_parser("project", help="penultimate-layer picture of three target tokens, one panel per checkpoint")
     project.add_argument("--checkpoints", required=True, nargs="+", type=Path, help="e.g. the LS and the non-LS teacher")
@@ -52,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     project.add_argument("--tokens", nargs=3, default=["▁God", "▁Lord", "▁water"],
                          help="three target pieces: two related, one not (default: ▁God ▁Lord ▁water)")
     project.add_argument("--out", required=True, type=Path, help="PNG file")
+    add_too_long(project, "the picture")
 
     compare = commands.add_parser("compare", help="paired bootstrap significance of two systems (sacrebleu --paired-bs)")
     compare.add_argument("--baseline", required=True, type=Path, help="baseline hypotheses")
@@ -73,16 +84,18 @@ def build_parser() -> argparse.ArgumentParser:
 def _stability(args: argparse.Namespace) -> None:
     from eval.analysis import stability_report
 
-    record = stability_report(args.checkpoint, args.data, args.split, args.out, args.max_classes, args.max_tokens)
+    record = stability_report(args.checkpoint, args.data, args.split, args.out, args.max_classes, args.max_tokens,
+                              too_long=args.too_long)
     print(f"1 - S = {record['one_minus_s']:.4f} over {record['classes']} classes, ECE = {record['ece_15_bins']:.4f}, "
           f"entropy = {record['mean_entropy_bits']:.3f} bits, accuracy = {record['accuracy']:.4f} "
-          f"({record['positions']} positions)")
+          f"({record['positions']} positions, {record['sentences']} sentences)")
+    _print_warnings(record)
 
 
 def _project(args: argparse.Namespace) -> None:
     from eval.analysis import projection_figure
 
-    print(projection_figure(args.checkpoints, args.data, args.split, args.tokens, args.out))
+    print(projection_figure(args.checkpoints, args.data, args.split, args.tokens, args.out, args.too_long))
 
 
 def _compare(args: argparse.Namespace) -> None:
@@ -103,9 +116,16 @@ def _print_scores(scores: dict) -> None:
         print(f"{result['text']}  ({result['signature']})")
 
 
+def _print_warnings(record: dict) -> None:
+    for warning in record.get("warnings", []):
+        print(f"warning: {warning}")
+
+
 def _bleu(args: argparse.Namespace) -> None:
     options = DecodeOptions(beam=args.beam, lenpen=args.lenpen, batch_size=args.batch_size, cpu=not args.gpu)
-    _print_scores(evaluate(args.checkpoint, args.data, args.split, args.out, options, args.tokenize)["scores"])
+    record = evaluate(args.checkpoint, args.data, args.split, args.out, options, args.tokenize, args.too_long)
+    _print_scores(record["scores"])
+    _print_warnings(record)
 
 
 def _score(args: argparse.Namespace) -> None:

@@ -38,7 +38,7 @@ class SystemRow:
     one_minus_s: list[float] = field(default_factory=list)
     ece: list[float] = field(default_factory=list)
     provenance: list[dict[str, Any]] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)  # what its records could not establish
+    warnings: list[str] = field(default_factory=list)  # what its records could not establish or left out
 
     @property
     def seeds(self) -> int:
@@ -110,7 +110,8 @@ def build_rows(run_dir: Path) -> list[SystemRow]:
             one_minus_s=[a["one_minus_s"] for a in analysed],
             ece=[a["ece_15_bins"] for a in analysed],
             provenance=members + analysed,
-            warnings=list(dict.fromkeys(w for r in members for w in r.get("system", {}).get("warnings", []))),
+            warnings=list(dict.fromkeys([*(w for r in members for w in r.get("system", {}).get("warnings", [])),
+                                         *(w for r in members + analysed for w in r.get("warnings", []))])),
         ))
     return rows
 
@@ -171,7 +172,8 @@ def plot_bleu_vs_temperature(rows: list[SystemRow], path: Path) -> Path | None:
 
 
 def warnings_section(rows: list[SystemRow]) -> list[str]:
-    """What the records of each system could not establish (a teacher or data not found), if anything."""
+    """What the records of each system could not establish (a teacher or data not found) or left out
+    (too-long sentences), if anything."""
     lines = [f"- **{row.system}**: {warning}" for row in rows for warning in row.warnings]
     return ["## Warnings", "", *lines, ""] if lines else []
 

@@ -28,6 +28,13 @@ def one_line(message: str) -> str:
     return " | ".join(part.strip() for part in str(message).splitlines() if part.strip())
 
 
+def name_ids(ids: Sequence[int], shown: int = 20) -> str:
+    """``ids`` for a one-line message: the first ``shown`` and how many more, e.g. ``3, 8, 9 and 41 more``."""
+    ids = [int(i) for i in ids]
+    listed = ", ".join(map(str, ids[:shown]))
+    return f"{listed} and {len(ids) - shown} more" if len(ids) > shown else listed
+
+
 def console_script(prog: str) -> Callable[[Callable[[Sequence[str] | None], int]], Callable[[Sequence[str] | None], int]]:
     """Decorate a console script's ``main(argv) -> exit status``: an :class:`LSKDError` becomes
     ``prog: error: ...`` on stderr and exit status 2 (a traceback only with ``LSKD_DEBUG=1``)."""

@@ -5,18 +5,22 @@ distribution for whatever sentences fairseq put in a batch, in any order, withou
 memory. A ``manifest.json`` records what the cache was built from; the reader refuses a cache that
 does not match the data or the teacher it is used with. At k = 8 an entry costs 8 * (4 + 2) =
 48 bytes per target token, against 4 * V bytes for a full fp32 distribution.
+
+A sentence can be *skipped* on purpose (e.g. longer than the teacher accepts, which ``fairseq-train``
+never batches either): it takes no space, the manifest counts it and lists its id with the reason,
+and a lookup of it is refused, since it means the trainer and the cache disagree on what is trained.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Collection, Sequence
 
 import numpy as np
 import torch
 from numpy.lib.format import open_memmap
 
-from lskd.errors import LSKDError
+from lskd.errors import LSKDError, name_ids
 from lskd.provenance import write_json
 
 MANIFEST = "manifest.json"
@@ -27,15 +31,25 @@ class TopKCacheError(LSKDError, ValueError):
 
 
 class TopKCacheWriter:
-    """Fill a cache sentence by sentence (any order); ``close`` checks that every sentence is there."""
+    """Fill a cache sentence by sentence (any order); ``close`` checks that every sentence not in
+    ``skipped`` is there. ``skip_reason`` says in the manifest why the skipped ones have no entry."""
 
-    def __init__(self, directory: str | Path, k: int, target_lengths: Sequence[int], manifest: dict[str, Any]):
+    def __init__(self, directory: str | Path, k: int, target_lengths: Sequence[int], manifest: dict[str, Any],
+                 skipped: Collection[int] = (), skip_reason: str | None = None):
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
-        lengths = np.asarray(target_lengths, dtype=np.int64)
+        lengths = np.array(target_lengths, dtype=np.int64)
+        skipped = sorted({int(i) for i in skipped})
+        outside = [i for i in skipped if not 0 <= i < len(lengths)]
+        if outside:
+            raise TopKCacheError(f"skipped sentence ids {name_ids(outside)} are not in the split ({len(lengths)} sentences)")
+        self.skipped = np.zeros(len(lengths), dtype=bool)
+        self.skipped[skipped] = True
+        lengths[self.skipped] = 0  # no entry, no space
         self.offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
         self.k = k
-        self.manifest = dict(manifest, k=k, sentences=len(lengths), tokens=int(self.offsets[-1]))
+        self.manifest = dict(manifest, k=k, sentences=len(lengths), tokens=int(self.offsets[-1]),
+                             skipped={"count": len(skipped), "ids": skipped, "reason": skip_reason})
         (self.directory / MANIFEST).unlink(missing_ok=True)  # no manifest = not finished
         np.save(self.directory / "offsets.npy", self.offsets)
         shape = (max(int(self.offsets[-1]), 1), k)
@@ -44,6 +58,8 @@ class TopKCacheWriter:
         self.written = np.zeros(len(lengths), dtype=bool)
 
     def write(self, sentence_id: int, indices: torch.Tensor, probs: torch.Tensor) -> None:
+        if self.skipped[sentence_id]:
+            raise TopKCacheError(f"sentence {sentence_id} is recorded as skipped: it takes no entry")
         start, end = self.offsets[sentence_id], self.offsets[sentence_id + 1]
         if indices.shape != (end - start, self.k):
             raise TopKCacheError(
@@ -54,11 +70,11 @@ class TopKCacheWriter:
         self.written[sentence_id] = True
 
     def close(self) -> dict[str, Any]:
-        missing = np.flatnonzero(~self.written)
+        missing = np.flatnonzero(~self.written & ~self.skipped)
         if len(missing):
             raise TopKCacheError(
                 f"{len(missing)} of {len(self.written)} sentences have no teacher entry "
-                f"(first ids: {missing[:20].tolist()}); the cache was not finalised"
+                f"(ids: {name_ids(missing)}); the cache was not finalised"
             )
         self.indices.flush()
         self.probs.flush()
@@ -79,6 +95,9 @@ class TopKCache:
         self.offsets = np.load(self.directory / "offsets.npy")
         self.indices = np.load(self.directory / "indices.npy", mmap_mode="r")
         self.probs = np.load(self.directory / "probs.npy", mmap_mode="r")
+        skipped = self.manifest.get("skipped") or {}  # caches written before skipping existed have none
+        self.skipped = frozenset(skipped.get("ids", ()))
+        self.skip_reason = skipped.get("reason")
 
     def check(self, *, data_sha256: str, vocab_size: int | None = None, teacher_sha256: Sequence[str] | None = None) -> None:
         """Refuse a cache made for other data or another teacher, or one with k beyond the vocabulary."""
@@ -96,13 +115,21 @@ class TopKCache:
             raise TopKCacheError(f"top-k cache k={self.k} is larger than the vocabulary ({vocab_size})")
 
     def lookup(self, sentence_ids: Sequence[int], target_lengths: Sequence[int], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, max_length, k) indices and teacher log-probabilities; padding positions hold index 0, log-prob 0."""
+        """(B, max_length, k) indices and teacher log-probabilities; padding positions hold index 0, log-prob 0.
+
+        A sentence id out of range, skipped when the cache was built, or of another length is a
+        :class:`TopKCacheError`."""
         batch = len(sentence_ids)
         indices = np.zeros((batch, max_length, self.k), dtype=np.int64)
         log_probs = np.zeros((batch, max_length, self.k), dtype=np.float32)
         for row, (sid, length) in enumerate(zip(sentence_ids, target_lengths)):
             if not 0 <= sid < len(self.offsets) - 1:
                 raise TopKCacheError(f"sentence id {sid} is not in the top-k cache ({len(self.offsets) - 1} sentences)")
+            if sid in self.skipped:
+                raise TopKCacheError(
+                    f"sentence {sid} has no entry in top-k cache {self.directory}: it was skipped when the cache was "
+                    f"built ({self.skip_reason or 'no reason recorded'}), yet the trainer asked for it"
+                )
             start, end = self.offsets[sid], self.offsets[sid + 1]
             if end - start != length:
                 raise TopKCacheError(

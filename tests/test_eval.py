@@ -40,9 +40,9 @@ def test_count_mismatch_is_refused(tmp_path, capsys):
 
 
 def test_missing_decoded_ids_are_named():
-    with pytest.raises(CorpusError, match=r"3 hypotheses for 5 sentences; missing ids \[1, 4\]"):
-        ordered({0: "a", 2: "b", 3: "c"}, 5)
-    assert ordered({1: "b", 0: "a"}, 2) == ["a", "b"]
+    with pytest.raises(CorpusError, match=r"3 hypotheses for 5 sentences; missing ids \[1, 4\], unexpected ids \[\]"):
+        ordered({0: "a", 2: "b", 3: "c"}, range(5))
+    assert ordered({1: "b", 0: "a"}, range(2)) == ["a", "b"]
 
 
 def test_paired_bootstrap_finds_a_clearly_better_system():

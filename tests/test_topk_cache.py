@@ -43,7 +43,7 @@ def test_storage_is_int32_indices_and_fp16_probabilities(tmp_path):
 
 
 def test_a_sentence_without_an_entry_leaves_no_finished_cache(tmp_path):
-    with pytest.raises(TopKCacheError, match=r"1 of 4 sentences have no teacher entry \(first ids: \[2\]\)"):
+    with pytest.raises(TopKCacheError, match=r"1 of 4 sentences have no teacher entry \(ids: 2\)"):
         write_cache(tmp_path, order=(0, 1, 3))
     assert not (tmp_path / MANIFEST).exists()
     with pytest.raises(TopKCacheError, match="is not a finished top-k cache"):
@@ -75,3 +75,30 @@ def test_lookup_refuses_unknown_ids_and_lengths_of_other_data(tmp_path):
         cache.lookup([4], [1], 1)
     with pytest.raises(TopKCacheError, match="sentence 3: the cache has 1 target tokens but the data has 2"):
         cache.lookup([3], [2], 2)
+
+
+def test_skipped_sentences_take_no_space_are_recorded_and_refused_at_lookup(tmp_path):
+    writer = TopKCacheWriter(tmp_path, K, LENGTHS, {}, skipped=[2], skip_reason="source > 40 tokens")
+    for sid in (3, 0, 1):
+        writer.write(sid, *entry(sid, LENGTHS[sid]))
+    with pytest.raises(TopKCacheError, match="sentence 2 is recorded as skipped: it takes no entry"):
+        writer.write(2, *entry(2, LENGTHS[2]))
+    manifest = writer.close()  # complete without sentence 2
+    assert manifest["skipped"] == {"count": 1, "ids": [2], "reason": "source > 40 tokens"}
+    assert manifest["sentences"] == 4 and manifest["tokens"] == sum(LENGTHS) - LENGTHS[2]
+    assert (tmp_path / "indices.npy").stat().st_size - 128 == 4 * K * (sum(LENGTHS) - LENGTHS[2])
+    cache = TopKCache(tmp_path)
+    indices, _ = cache.lookup([3, 0], [1, 2], max_length=2)  # the others are where they were written
+    assert torch.equal(indices[0, :1], entry(3, 1)[0]) and torch.equal(indices[1, :2], entry(0, 2)[0])
+    with pytest.raises(TopKCacheError, match=r"sentence 2 has no entry in top-k cache .*: it was skipped when the cache "
+                                             r"was built \(source > 40 tokens\), yet the trainer asked for it"):
+        cache.lookup([0, 2], [2, 4], max_length=4)
+
+
+def test_a_skip_does_not_excuse_a_missing_sentence_and_must_be_in_the_split(tmp_path):
+    writer = TopKCacheWriter(tmp_path, K, LENGTHS, {}, skipped=[2])
+    writer.write(0, *entry(0, LENGTHS[0]))
+    with pytest.raises(TopKCacheError, match=r"2 of 4 sentences have no teacher entry \(ids: 1, 3\)"):
+        writer.close()
+    with pytest.raises(TopKCacheError, match=r"skipped sentence ids 4, 7 are not in the split \(4 sentences\)"):
+        TopKCacheWriter(tmp_path, K, LENGTHS, {}, skipped=[7, 1, 4])

@@ -61,6 +61,7 @@ class LabelSmoothedCrossEntropyWithKDConfig(LabelSmoothedCrossEntropyCriterionCo
     )
     train_subset: str = II("dataset.train_subset")
     valid_subset: str = II("dataset.valid_subset")
+    skip_invalid_size_inputs_valid_test: bool = II("dataset.skip_invalid_size_inputs_valid_test")
 
 
 @register_criterion("label_smoothed_cross_entropy_with_kd", dataclass=LabelSmoothedCrossEntropyWithKDConfig)
@@ -79,6 +80,7 @@ class LabelSmoothedCrossEntropyWithKDCriterion(LabelSmoothedCrossEntropyCriterio
         teacher_topk_cache=None,
         train_subset="train",
         valid_subset="valid",
+        skip_invalid_size_inputs_valid_test=False,
     ):
         super().__init__(task, sentence_avg, label_smoothing, ignore_prefix_size, report_accuracy)
         validate_kd_args(kd_alpha, kd_temperature)
@@ -91,6 +93,7 @@ class LabelSmoothedCrossEntropyWithKDCriterion(LabelSmoothedCrossEntropyCriterio
         self.temperature = kd_temperature
         self.topk = teacher_topk
         self.subsets = {True: train_subset, False: valid_subset.split(",")[0]}
+        self.skip_invalid_valid = skip_invalid_size_inputs_valid_test
         # a plain list, not a ModuleList: the teacher must stay out of parameters() and state_dict()
         self._teachers = []
         self._caches = {}
@@ -119,6 +122,37 @@ class LabelSmoothedCrossEntropyWithKDCriterion(LabelSmoothedCrossEntropyCriterio
                 f"teacher label smoothing {cache.manifest.get('teacher_label_smoothing')}"
             )
             self._caches[training] = cache
+        self._check_skipped(task, directory)
+
+    def _check_skipped(self, task, directory) -> None:
+        """Refuse, at start, a cache whose skipped (too-long) sentences this training would batch.
+
+        fairseq-train leaves out training pairs longer than the task's ``--max-source-positions`` /
+        ``--max-target-positions``, and stops at validation on longer valid pairs unless
+        ``--skip-invalid-size-inputs-valid-test``. With limits no larger than the cache's (and that flag
+        when valid sentences were skipped) it never asks for a skipped sentence; the flags it needs are
+        named in one message."""
+        skipped = {training: cache for training, cache in self._caches.items()
+                   if cache is not None and (cache.manifest.get("skipped") or {}).get("count")}
+        if not skipped:
+            return
+        limits = [(c.manifest["too_long"]["max_source_positions"], c.manifest["too_long"]["max_target_positions"])
+                  for c in skipped.values()]
+        needed = tuple(min(side) for side in zip(*limits))
+        ours = task.max_positions()
+        flags = []
+        if not isinstance(ours, tuple) or any(a is None or a > b for a, b in zip(ours, needed)):
+            flags.append(f"--max-source-positions {needed[0]} --max-target-positions {needed[1]}")
+        if False in skipped and not self.skip_invalid_valid:
+            flags.append("--skip-invalid-size-inputs-valid-test")
+        if flags:
+            counts = ", ".join(f"{self.subsets[training]}: {cache.manifest['skipped']['count']} ({cache.skip_reason})"
+                               for training, cache in skipped.items())
+            raise TopKCacheError(
+                f"top-k cache {directory} has no entry for sentences too long for its teacher ({counts}), and this "
+                f"training (max positions {ours}) would batch them or stop at validation on them: pass "
+                f"{' '.join(flags)} so that fairseq-train leaves out the same sentences"
+            )
 
     def _follow_student(self, model) -> None:
         reference = next(model.parameters())
