@@ -1,41 +1,26 @@
-"""Translate a split with ``fairseq-generate`` and score it with sacrebleu against raw references.
+"""Translate a split with a decoding engine and score it with sacrebleu against raw references.
 
 The references are the untouched raw target lines recorded by ``lskd-prepare``; the hypotheses
-are SentencePiece-decoded. Nothing is scored unless every reference has exactly one hypothesis,
-in order: fairseq silently drops a tail batch unless ``--required-batch-size-multiple 1``.
+are SentencePiece-decoded as ``fairseq-generate --post-process sentencepiece`` does. The fairseq
+engine decodes in ``fairseq-generate``'s batches, so its BLEU is ``fairseq-generate``'s
+(:mod:`fairseq_plugins.decoding`). Nothing is scored unless every reference has exactly one
+hypothesis, in order.
 """
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import sacrebleu
+from tqdm import tqdm
 
 from lskd.checkpoint import CheckpointError
 from lskd.corpus import CorpusError, read_lines, write_lines
+from lskd.decoding import DecodingOptions, EngineSettings, is_too_long, pieces_to_text
 from lskd.prepared import load_prepared
 from lskd.provenance import provenance, sha256_file, write_json
-
-
-@dataclass(frozen=True)
-class DecodeOptions:
-    beam: int = 5
-    lenpen: float = 1.0
-    batch_size: int = 64
-    max_len_a: float = 1.2
-    max_len_b: int = 10
-    cpu: bool = True
-
-
-def plugin_dir() -> str:
-    """Absolute path of the ``fairseq_plugins`` user dir (its import makes checkpoints load safely)."""
-    import fairseq_plugins
-
-    return str(Path(fairseq_plugins.__file__).resolve().parent)
 
 
 def score(hypotheses: list[str], references: list[str]) -> dict[str, dict[str, Any]]:
@@ -78,30 +63,6 @@ def score_files(hypothesis_file: str | Path, reference_file: str | Path) -> dict
             f"{hypothesis_file} has {len(hypotheses)} lines but {reference_file} has {len(references)}"
         )
     return score(hypotheses, references)
-
-
-def generate(checkpoint: Path, bin_dir: Path, split: str, options: DecodeOptions, log_path: Path) -> dict[int, str]:
-    """Run fairseq-generate; return {sentence id: detokenized hypothesis}."""
-    command = [
-        sys.executable, "-m", "fairseq_cli.generate", str(bin_dir),
-        "--user-dir", plugin_dir(),
-        "--path", str(checkpoint), "--gen-subset", split,
-        "--beam", str(options.beam), "--lenpen", str(options.lenpen),
-        "--batch-size", str(options.batch_size), "--required-batch-size-multiple", "1",
-        "--max-len-a", str(options.max_len_a), "--max-len-b", str(options.max_len_b),
-        "--post-process", "sentencepiece", "--num-workers", "0",
-    ] + (["--cpu"] if options.cpu else [])
-    with open(log_path, "w", encoding="utf-8") as log:
-        result = subprocess.run(command, stdout=subprocess.PIPE, stderr=log, text=True)
-    if result.returncode != 0:
-        tail = log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-15:]
-        raise RuntimeError(f"fairseq-generate failed (exit {result.returncode}):\n" + "\n".join(tail))
-    hypotheses = {}
-    for line in result.stdout.splitlines():
-        if line.startswith("D-"):
-            ident, _, text = line.split("\t", 2)
-            hypotheses[int(ident[2:])] = text
-    return hypotheses
 
 
 def ordered(hypotheses: dict[int, str], expected: int) -> list[str]:
@@ -160,19 +121,35 @@ def _distillation_manifest(bin_dir: str | None) -> dict[str, Any] | None:
     return json.loads(manifest.read_text(encoding="utf-8"))
 
 
-def evaluate(checkpoint: Path, data_dir: Path, split: str, out_dir: Path, options: DecodeOptions) -> dict[str, Any]:
-    """Decode ``split`` of a ``lskd-prepare`` directory and write hypotheses plus a JSON record."""
+def evaluate(checkpoint: Path, data_dir: Path, split: str, out_dir: Path, options: DecodingOptions,
+             settings: EngineSettings = EngineSettings()) -> dict[str, Any]:
+    """Decode ``split`` of a ``lskd-prepare`` directory and write hypotheses plus a JSON record.
+
+    The fairseq engine writes ``bleu-SPLIT.json`` and ``SPLIT.hyp.TGT`` (the report's BLEU: equal to
+    ``fairseq-generate``'s); another engine adds its name, e.g. ``bleu-SPLIT-ctranslate2-int8.json``.
+    """
+    from fairseq_plugins.decoding import open_engine
+
     data = load_prepared(data_dir)
-    if not checkpoint.is_file():
+    ensemble = ":" in str(checkpoint)
+    if ensemble and settings.engine == "fairseq":
+        raise CheckpointError(f"lskd-eval bleu scores one checkpoint, not the ensemble {checkpoint}")
+    if not ensemble and not checkpoint.is_file():
         raise CheckpointError(f"checkpoint not found: {checkpoint}")
     src, tgt = data.src, data.tgt
     references = read_lines(data.raw(split, tgt))
+    engine = open_engine(settings, data, split, str(checkpoint), options)  # CTranslate2 refuses an ensemble
+    over = [i for i in range(len(references)) if is_too_long(engine, i)]
+    if over:
+        raise CorpusError(f"{len(over)} sources of {split} are longer than the model's {engine.max_source_tokens} "
+                          f"positions (ids {over[:20]}): nothing scored")
+    with tqdm(total=len(references), unit="sent", desc=f"translating {split} ({engine.name})") as progress:
+        hypotheses = ordered({i: pieces_to_text(nbest[0].pieces)
+                              for i, nbest in engine.translate(range(len(references)), progress.update).items()},
+                             len(references))
     out_dir.mkdir(parents=True, exist_ok=True)
-    hypotheses = ordered(
-        generate(checkpoint, data.bin_dir, split, options, out_dir / f"generate-{split}.log"),
-        len(references),
-    )
-    hypothesis_file = out_dir / f"{split}.hyp.{tgt}"
+    suffix = "" if engine.name == "fairseq" else f"-{engine.name}"
+    hypothesis_file = out_dir / f"{split}{suffix}.hyp.{tgt}"
     write_lines(hypothesis_file, hypotheses)
     record = {
         "scores": score(hypotheses, references),
@@ -185,9 +162,11 @@ def evaluate(checkpoint: Path, data_dir: Path, split: str, out_dir: Path, option
         "system": describe_system(checkpoint),
         "data": data.provenance(),
         "decoding": asdict(options),
+        "engine": engine.describe(),
+        "decode_seconds": round(engine.decode_seconds, 3),
         **provenance(),
     }
-    write_json(out_dir / f"bleu-{split}.json", record)
+    write_json(out_dir / f"bleu-{split}{suffix}.json", record)
     return record
 
 

@@ -4,7 +4,8 @@ import json
 import pytest
 
 from conftest import run_module, train_tiny
-from data_prep.distill import DistillOptions, chunk_ranges, collect, main as distill_main, run_chunks, shard_chunks
+from data_prep.distill import chunk_ranges, collect, main as distill_main, run_chunks, shard_chunks
+from lskd.decoding import Hypothesis
 FAST = ["--beam", "2", "--max-len-a", "0", "--max-len-b", "5", "--chunk-size", "300", "--batch-size", "128",
         "--workers", "1"]
 
@@ -110,16 +111,18 @@ def test_chunks_and_shards_cover_every_id_once():
     assert sorted(shards) == chunks
 
 
-class FakeDecoder:
-    """Stands in for the teacher: a fixed n-best list per sentence, best model score first."""
+class FakeEngine:
+    """Stands in for the teacher's engine: a fixed n-best list per sentence, best model score first."""
 
-    def __init__(self, nbest: dict[int, list[tuple[str, float]]], seq_inter: bool):
-        self.nbest, self.options, self.generate_seconds = nbest, DistillOptions(nbest=2, seq_inter=seq_inter), 0.0
+    name, max_source_tokens, decode_seconds = "fake", 100, 0.0
 
-    def too_long(self, sentence_id: int) -> bool:
-        return False
+    def __init__(self, nbest: dict[int, list[Hypothesis]]):
+        self.nbest = nbest
 
-    def decode(self, ids: list[int], batch_size: int) -> dict[int, list[tuple[str, float]]]:
+    def source_tokens(self, sentence_id: int) -> int:
+        return 1
+
+    def translate(self, ids, progress=None) -> dict[int, list[Hypothesis]]:
         return {i: self.nbest[i] for i in ids}
 
 
@@ -139,9 +142,9 @@ def piece_model(tmp_path_factory):
 @pytest.mark.parametrize("seq_inter", [False, True])
 def test_seq_inter_keeps_the_hypothesis_closest_to_the_reference_not_the_best_scoring(tmp_path, piece_model, seq_inter):
     references = ["the light shines in the darkness", "the darkness has not overcome it"]
-    nbest = {0: [("▁the ▁darkness ▁has ▁not", -0.1), ("▁the ▁light ▁shines ▁in ▁the ▁darkness", -0.9)],
-             1: [("▁the ▁darkness ▁has ▁not ▁overcome ▁it", -0.2), ("▁the ▁light", -0.3)]}
-    run_chunks(FakeDecoder(nbest, seq_inter), tmp_path, chunk_ranges(2, 1), references, piece_model, 8, None)
+    nbest = {0: [Hypothesis("▁the ▁darkness ▁has ▁not", -0.1), Hypothesis("▁the ▁light ▁shines ▁in ▁the ▁darkness", -0.9)],
+             1: [Hypothesis("▁the ▁darkness ▁has ▁not ▁overcome ▁it", -0.2), Hypothesis("▁the ▁light", -0.3)]}
+    run_chunks(FakeEngine(nbest), tmp_path, chunk_ranges(2, 1), references, piece_model, seq_inter, None)
     kept = [row["pieces"] for row in collect(tmp_path, 2, 1)]
     # Seq-Inter: the second hypothesis of sentence 0 equals its reference; the first of sentence 1 does
-    assert kept == [nbest[0][1][0] if seq_inter else nbest[0][0][0], nbest[1][0][0]]
+    assert kept == [nbest[0][1].pieces if seq_inter else nbest[0][0].pieces, nbest[1][0].pieces]
