@@ -19,11 +19,18 @@ def slice_1001(tmp_path_factory):
     return data, root / "teacher" / "checkpoint_last.pt"
 
 
+@pytest.fixture(scope="module", params=["fairseq", "ctranslate2"])
+def engine(request):
+    """Every contract holds for both engines."""
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def uninterrupted(slice_1001, tmp_path_factory):
+def uninterrupted(slice_1001, engine, tmp_path_factory):
     data, teacher = slice_1001
     out = tmp_path_factory.mktemp("full") / "out"
-    assert distill_main(["--data", str(data), "--teacher-path", str(teacher), "--out", str(out), *FAST]) == 0
+    assert distill_main(["--data", str(data), "--teacher-path", str(teacher), "--out", str(out), *FAST,
+                         "--engine", engine]) == 0
     return out
 
 
@@ -33,9 +40,11 @@ def files(out):
 
 
 @pytest.mark.slow
-def test_one_line_per_input_in_input_order(slice_1001, uninterrupted):
+def test_one_line_per_input_in_input_order(slice_1001, engine, uninterrupted):
     data, _ = slice_1001
     manifest = json.loads((uninterrupted / "distill.json").read_text())
+    assert manifest["engine"]["name"] == {"fairseq": "fairseq", "ctranslate2": "ctranslate2-float32"}[engine]
+    assert manifest["options"]["engine"] == engine
     assert manifest["counts"] == {"inputs": 1001, "outputs": 1001, "decoded": 1001}
     assert len((uninterrupted / "raw" / "train.en").read_text(encoding="utf-8").splitlines()) == 1001
     # the source side is the original source, line by line
@@ -53,21 +62,25 @@ def test_binarized_data_uses_the_original_dictionaries(slice_1001, uninterrupted
 
 
 @pytest.mark.slow
-def test_killed_run_resumes_to_the_same_output(slice_1001, uninterrupted, tmp_path):
+def test_killed_run_resumes_to_the_same_output(slice_1001, engine, uninterrupted, tmp_path, capsys):
     data, teacher = slice_1001
     out = tmp_path / "out"
-    args = ["--data", str(data), "--teacher-path", str(teacher), "--out", str(out), *FAST]
+    args = ["--data", str(data), "--teacher-path", str(teacher), "--out", str(out), *FAST, "--engine", engine]
     assert distill_main(args + ["--max-chunks", "1"]) == 0
     assert len(list((out / "chunks").glob("*.jsonl"))) == 1 and not (out / "bin").exists()
+    other = "fairseq" if engine == "ctranslate2" else "ctranslate2"
+    assert distill_main(args + ["--engine", other]) == 2  # a resume decodes as the run it continues
+    assert "holds a distillation with other options" in capsys.readouterr().err
     assert distill_main(args) == 0
     assert files(out) == files(uninterrupted)
 
 
 @pytest.mark.slow
-def test_two_shards_merged_equal_one_run(slice_1001, uninterrupted, tmp_path):
+def test_two_shards_merged_equal_one_run(slice_1001, engine, uninterrupted, tmp_path):
     data, teacher = slice_1001
     out = tmp_path / "out"
-    args = ["--data", str(data), "--teacher-path", str(teacher), "--out", str(out), *FAST, "--num-shards", "2"]
+    args = ["--data", str(data), "--teacher-path", str(teacher), "--out", str(out), *FAST, "--num-shards", "2",
+            "--engine", engine]
     assert distill_main(args + ["--shard-id", "0"]) == 0
     assert not (out / "bin").exists()  # shard 1's chunks are still missing
     assert distill_main(args + ["--shard-id", "1"]) == 0
@@ -75,7 +88,7 @@ def test_two_shards_merged_equal_one_run(slice_1001, uninterrupted, tmp_path):
 
 
 @pytest.mark.slow
-def test_too_long_sources_follow_the_policy_and_are_counted(slice_1001, tmp_path):
+def test_too_long_sources_follow_the_policy_and_are_counted(slice_1001, engine, tmp_path):
     data, teacher = slice_1001
     lengths = [len(line.split()) + 1 for line in (data / "spm" / "train.de").read_text(encoding="utf-8").splitlines()]
     limit = sorted(lengths)[900]  # about 100 sentences are longer
@@ -83,7 +96,7 @@ def test_too_long_sources_follow_the_policy_and_are_counted(slice_1001, tmp_path
     for policy, outputs in (("copy-reference", 1001), ("drop", 1001 - too_long)):
         out = tmp_path / policy
         assert distill_main(["--data", str(data), "--teacher-path", str(teacher), "--out", str(out), *FAST,
-                             "--max-source-tokens", str(limit), "--too-long", policy]) == 0
+                             "--max-source-tokens", str(limit), "--too-long", policy, "--engine", engine]) == 0
         counts = json.loads((out / "distill.json").read_text())["counts"]
         assert counts["outputs"] == outputs and counts["decoded"] == 1001 - too_long
         assert len((out / "raw" / "train.en").read_text(encoding="utf-8").splitlines()) == outputs
@@ -94,11 +107,11 @@ def test_too_long_sources_follow_the_policy_and_are_counted(slice_1001, tmp_path
 
 
 @pytest.mark.slow
-def test_seq_inter_and_union(slice_1001, tmp_path):
+def test_seq_inter_and_union(slice_1001, engine, tmp_path):
     data, teacher = slice_1001
     out = tmp_path / "inter"
     assert distill_main(["--data", str(data), "--teacher-path", str(teacher), "--out", str(out), *FAST,
-                         "--nbest", "2", "--seq-inter", "--union"]) == 0
+                         "--nbest", "2", "--seq-inter", "--union", "--engine", engine]) == 0
     manifest = json.loads((out / "distill.json").read_text())
     assert manifest["counts"]["outputs"] == 2002 and manifest["options"]["seq_inter"]
     assert distill_main(["--data", str(data), "--teacher-path", str(teacher), "--out", str(out), *FAST]) == 2
