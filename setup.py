@@ -23,10 +23,11 @@ setup(
     packages=find_packages(include=["lskd", "lskd.*", "fairseq_plugins", "fairseq_plugins.*",
                                     "data_prep", "data_prep.*", "eval", "eval.*"]),
     python_requires=">=3.10",
-    # pyyaml: lskd-train's configs; tensorboardX: its TensorBoard logs (writes event files with
+    # omegaconf: lskd-train's structured configs (2.3, the series fairseq's hydra-core pulls in);
+    # pyyaml: its YAML errors; tensorboardX: its TensorBoard logs (writes event files with
     # protobuf alone, where torch.utils.tensorboard needs the whole tensorboard package); Pillow: image folders
     install_requires=[TORCH, *FAIRSEQ, "sacrebleu>=2.3,<3", "sacremoses>=0.1", "sentencepiece>=0.2",
-                      "numpy", "tqdm", "pyyaml>=6", "ctranslate2>=4.5,<5", "tensorboardX>=2.6", "Pillow>=9.1"],
+                      "numpy", "tqdm", "omegaconf>=2.3,<2.4", "pyyaml>=6", "ctranslate2>=4.5,<5", "tensorboardX>=2.6", "Pillow>=9.1"],
     extras_require={"plots": ["matplotlib>=3.7"], "test": ["pytest>=8", "matplotlib>=3.7"]},
     entry_points={
         "console_scripts": [

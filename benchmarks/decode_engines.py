@@ -21,6 +21,7 @@ against the targets (the hand measurement of the issue: at 1 thread float32 1.94
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import re
 import shutil
@@ -35,7 +36,7 @@ from quickstart_teacher import add_teacher_arguments, parse_with_teacher  # benc
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from lskd.corpus import read_lines  # noqa: E402
+from lskd.corpus import iter_lines, read_lines  # noqa: E402
 from lskd.ctranslate2_engine import CTranslate2Engine, load_export  # noqa: E402
 from lskd.decoding import DecodingOptions, pieces_to_text  # noqa: E402
 from lskd.prepared import load_prepared  # noqa: E402
@@ -53,10 +54,11 @@ def fairseq_generate(checkpoint: Path, data, split: str, options: DecodingOption
          "--batch-size", str(options.batch_size), "--required-batch-size-multiple", "1",
          "--max-len-a", str(options.max_len_a), "--max-len-b", str(options.max_len_b),
          "--post-process", "sentencepiece", "--cpu", "--num-workers", "0"],
-        capture_output=True, text=True, check=True, env=environment)
-    seconds = float(re.search(r"Translated [\d,]+ sentences \(.*\) in ([\d.]+)s", result.stdout + result.stderr).group(1))
-    hypotheses = {int(line.split("\t")[0][2:]): line.split("\t")[2] for line in result.stdout.splitlines()
-                  if line.startswith("D-")}
+        capture_output=True, check=True, env=environment)
+    seconds = float(re.search(r"Translated [\d,]+ sentences \(.*\) in ([\d.]+)s",
+                              (result.stdout + result.stderr).decode("utf-8", "replace")).group(1))
+    hypotheses = {int(line.split("\t")[0][2:]): line.split("\t")[2]
+                  for line in iter_lines(io.BytesIO(result.stdout), "fairseq-generate output") if line.startswith("D-")}
     return seconds, [hypotheses[i] for i in range(len(hypotheses))]
 
 

@@ -132,7 +132,7 @@ def collect(out: Path, total: int, chunk_size: int) -> list[dict]:
     for start, end in chunk_ranges(total, chunk_size):
         path = chunk_path(out, start, end)
         if path.is_file():
-            rows += [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+            rows += [json.loads(line) for line in read_lines(path)]
     counts = Counter(row["id"] for row in rows)
     missing = [i for i in range(total) if i not in counts]
     duplicated = sorted(i for i, n in counts.items() if n > 1)

@@ -1,11 +1,14 @@
 """IWSLT'14 De-En from the official ``de-en.tgz`` (downloaded by the user; nothing here downloads).
 
-Follows the split of fairseq's ``examples/translation/prepare-iwslt14.sh``: the talk transcripts
-``train.tags.de-en.*`` without their url/talkid/keywords lines, pairs of 1-175 words with a
-length ratio of at most 1.5 (clean-corpus-n), every 23rd pair held out as valid, and
-dev2010, TEDX dev2012 (when present), tst2010, tst2011, tst2012 concatenated as test. Unlike that
-script we do not Moses-tokenise or lowercase: the shared pipeline applies SentencePiece to raw
-text, and BLEU is computed by sacrebleu on detokenized output.
+Makes the split of fairseq's ``examples/translation/prepare-iwslt14.sh``: the talk transcripts
+``train.tags.de-en.*`` without their url/talkid/keywords lines, the length filter of Moses'
+``clean-corpus-n.perl -ratio 1.5 ... 1 175`` on the Moses-tokenised text, every 23rd kept pair
+held out as valid, and dev2010, TEDX dev2012 (when present), tst2010, tst2011, tst2012
+concatenated as test. sacremoses' ``MosesTokenizer`` stands in for ``tokenizer.perl`` and
+:func:`clean_corpus_keeps` for ``clean-corpus-n.perl``. The tokens only decide which pairs are
+kept: the kept pairs are written as they are in the archive (not tokenised, not lowercased),
+because the shared pipeline applies SentencePiece to raw text and BLEU is computed by sacrebleu
+on detokenized output.
 """
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ import re
 import tarfile
 from pathlib import Path
 
-from lskd.corpus import CorpusError, write_lines
+from lskd.corpus import CorpusError, iter_lines, write_lines
 
 #: Metadata lines dropped from the training transcripts, exactly as in fairseq's script (talk
 #: titles and descriptions are kept as text, without their tags).
@@ -23,8 +26,9 @@ _SEGMENT = re.compile(r'<seg id="?\d+"?>\s*(.*?)\s*</seg>')
 #: Test sets in fairseq's order; a missing TEDX dev2012 is skipped (and recorded).
 TEST_SETS = ("TED.dev2010", "TEDX.dev2012", "TED.tst2010", "TED.tst2011", "TED.tst2012")
 VALID_EVERY = 23
-#: Length filter of Moses' clean-corpus-n.perl as used by fairseq's script (1-175 words, ratio 1.5).
-MAX_WORDS, MAX_RATIO = 175, 1.5
+#: clean-corpus-n.perl as fairseq's script runs it (``-ratio 1.5 ... 1 175``), with its default
+#: longest word of 1000 characters; lengths count Moses tokens.
+MIN_TOKENS, MAX_TOKENS, MAX_RATIO, MAX_WORD_CHARS = 1, 175, 1.5, 1000
 
 
 def _members(archive: tarfile.TarFile) -> dict[str, tarfile.TarInfo]:
@@ -34,12 +38,7 @@ def _members(archive: tarfile.TarFile) -> dict[str, tarfile.TarInfo]:
 def _read(archive: tarfile.TarFile, members: dict[str, tarfile.TarInfo], name: str) -> list[str]:
     if name not in members:
         raise CorpusError(f"the archive has no {name}: is it the official IWSLT'14 de-en.tgz?")
-    data = archive.extractfile(members[name]).read()
-    try:
-        return data.decode("utf-8").splitlines()
-    except UnicodeDecodeError as err:
-        line = data[: err.start].count(b"\n") + 1
-        raise CorpusError(f"{name} in the archive, line {line}: not valid UTF-8") from None
+    return list(iter_lines(archive.extractfile(members[name]), f"{name} in the archive"))
 
 
 def _transcript(lines: list[str]) -> list[str]:
@@ -50,9 +49,28 @@ def _segments(lines: list[str]) -> list[str]:
     return [m.group(1).replace("\u2019", "'") for line in lines for m in [_SEGMENT.search(line)] if m]
 
 
-def _keep_by_length(source: str, target: str) -> bool:
-    s, t = len(source.split()), len(target.split())
-    return 1 <= s <= MAX_WORDS and 1 <= t <= MAX_WORDS and max(s, t) <= MAX_RATIO * min(s, t)
+def moses_tokenise(lines: list[str], lang: str) -> list[str]:
+    """``tokenizer.perl -l LANG`` as fairseq's script runs it (escaping on, its default), by sacremoses."""
+    from sacremoses import MosesTokenizer
+
+    tokenizer = MosesTokenizer(lang=lang)
+    return [tokenizer.tokenize(line, return_str=True) for line in lines]
+
+
+def clean_corpus_keeps(source: str, target: str) -> bool:
+    """Whether ``clean-corpus-n.perl -ratio 1.5 CORPUS L1 L2 OUT 1 175`` keeps this tokenised pair.
+
+    As the Perl script: runs of whitespace are one separator and ends are trimmed, then a pair is
+    dropped when a side has fewer than 1 or more than 175 tokens, when one side has more than 1.5
+    times the tokens of the other, or when a token is longer than 1000 characters. (Its removal of
+    ``|`` does not apply: the Moses tokenizer has escaped every ``|`` as ``&#124;``.)
+    """
+    s, t = source.split(), target.split()
+    if not (MIN_TOKENS <= len(s) <= MAX_TOKENS and MIN_TOKENS <= len(t) <= MAX_TOKENS):
+        return False
+    if len(s) / len(t) > MAX_RATIO or len(t) / len(s) > MAX_RATIO:
+        return False
+    return max(map(len, s + t)) <= MAX_WORD_CHARS
 
 
 def extract_iwslt14(archive_path: Path, out_dir: Path, src: str, tgt: str) -> tuple[dict[str, tuple[Path, Path]], dict]:
@@ -75,7 +93,9 @@ def extract_iwslt14(archive_path: Path, out_dir: Path, src: str, tgt: str) -> tu
             if len(test["de"]) != len(test["en"]):
                 raise CorpusError(f"IWSLT14.{name}: the de and en files hold different numbers of segments")
     pairs = list(zip(transcript["de"], transcript["en"]))
-    cleaned = [p for p in pairs if _keep_by_length(*p)]
+    print(f"[lskd-prepare] Moses-tokenising {len(pairs)} training pairs for the length filter", flush=True)
+    tokenised = zip(moses_tokenise(transcript["de"], "de"), moses_tokenise(transcript["en"], "en"))
+    cleaned = [pair for pair, tokens in zip(pairs, tokenised) if clean_corpus_keeps(*tokens)]
     splits = {
         "train": [p for i, p in enumerate(cleaned, start=1) if i % VALID_EVERY != 0],
         "valid": [p for i, p in enumerate(cleaned, start=1) if i % VALID_EVERY == 0],
@@ -94,6 +114,8 @@ def extract_iwslt14(archive_path: Path, out_dir: Path, src: str, tgt: str) -> tu
             "test_sets": [f"IWSLT14.{name}" for name in present],
             "missing_test_sets": [f"IWSLT14.{name}" for name in TEST_SETS if name not in present],
             "train_pairs_before_length_filter": len(pairs),
+            "length_filter": {"counts": "Moses tokens (sacremoses MosesTokenizer)", "min_tokens": MIN_TOKENS,
+                              "max_tokens": MAX_TOKENS, "max_ratio": MAX_RATIO, "max_word_chars": MAX_WORD_CHARS},
             "removed_by_length_filter": len(pairs) - len(cleaned),
             "extracted_pairs": {name: len(rows) for name, rows in splits.items()},
         }

@@ -1,36 +1,51 @@
-"""Raw parallel text -> normalised text -> joint SentencePiece -> fairseq binarized data.
+"""Raw parallel text -> normalised text -> SentencePiece pieces -> fairseq binarized data.
 
 Every corpus (the embedded Bible, IWSLT'14, a user's own files) goes through this one function, so
-teacher and student data always share one joined dictionary and one ``prep.json`` says exactly
-which inputs, options and tool versions produced it.
+one ``prep.json`` says exactly which inputs, options, vocabulary and tool versions produced it. The
+vocabulary is either made here (a joint SentencePiece model and one joined dictionary, shared by
+the teachers and students trained on it) or an existing teacher's (its SentencePiece model and its
+dictionaries, joined or separate, taken as they are): a student distilled from that teacher then
+sees its pieces and its token ids.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
-from lskd.corpus import CorpusError, ParallelSplit, read_parallel, write_lines
+from lskd.corpus import CorpusError, has_visible_text, read_lines, read_parallel, write_lines
 from lskd.provenance import provenance, sha256_file, write_json
 
+if TYPE_CHECKING:  # the adapter imports fairseq: only when a teacher's vocabulary is used
+    from fairseq_plugins.teacher_vocabulary import TeacherVocabulary
+
 SPLITS = ("train", "valid", "test")
+#: SentencePiece's word-boundary mark: it stands for a space and prints nothing itself.
+SPM_WORD_BOUNDARY = "\u2581"
 #: What this pipeline writes inside the output directory; anything else there is left alone.
 OUTPUTS = ("raw", "norm", "spm", "bin", "spm.model", "spm.vocab", "prep.json", "prep.pending.json")
+#: Above this share of pieces mapped to ``<unk>`` in a split, the vocabulary does not fit the text: warn.
+UNK_WARNING_SHARE = 0.01
 
 
 @dataclass(frozen=True)
 class PrepOptions:
-    """Options that change the produced data (they are part of the output's fingerprint)."""
+    """Options that change the produced data (they are part of the output's fingerprint).
+
+    ``vocab_size`` and ``spm_model_type`` describe the SentencePiece model trained here; both are
+    None when the vocabulary is a teacher's.
+    """
 
     src: str
     tgt: str
-    vocab_size: int = 8000
-    spm_model_type: str = "unigram"
+    vocab_size: int | None = 8000
+    spm_model_type: str | None = "unigram"
     normalize_punctuation: bool = True
 
 
@@ -39,24 +54,34 @@ def prepare_parallel(
     out_dir: str | Path,
     options: PrepOptions,
     *,
+    vocabulary: TeacherVocabulary | None = None,
     overwrite: bool = False,
     workers: int = 2,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Build binarized data for ``inputs`` (split name -> (source file, target file)) in ``out_dir``.
 
-    Returns the ``prep.json`` record. An ``out_dir`` already prepared from the same inputs and
-    options is left as it is; one prepared from anything else is refused unless ``overwrite``.
+    With ``vocabulary`` (a teacher's), the text is encoded with its SentencePiece model (copied to
+    ``spm.model``) and binarized with its dictionaries, which ``bin/`` then holds byte for byte;
+    otherwise a joint SentencePiece model of ``options.vocab_size`` pieces is trained here.
+    Returns the ``prep.json`` record. An ``out_dir`` already prepared from the same inputs, options
+    and vocabulary is left as it is; one prepared from anything else is refused unless
+    ``overwrite``; one where a preparation failed is taken over.
     """
     missing = [name for name in SPLITS if name not in inputs]
     if missing:
         raise CorpusError(f"missing split(s): {', '.join(missing)}; train, valid and test are required")
-    if options.vocab_size < 16:
-        raise CorpusError(f"vocabulary size {options.vocab_size} is too small (need at least 16)")
+    _check_vocabulary_options(options, vocabulary)
+    missing_pieces = None
+    if vocabulary:
+        from fairseq_plugins.teacher_vocabulary import check_pieces_fit_dictionaries
+
+        missing_pieces = check_pieces_fit_dictionaries(vocabulary)
     out = Path(out_dir)
     splits = {name: read_parallel(name, *inputs[name]) for name in SPLITS}
-    input_record = _describe_inputs(inputs, splits)
-    fingerprint = _fingerprint(input_record, options)
+    input_files = _describe_input_files(inputs)
+    vocabulary_record = vocabulary.record() | {"pieces_missing_from_dictionary": missing_pieces} if vocabulary else None
+    fingerprint = _fingerprint(input_files, options, vocabulary_record)
 
     if _claim_out_dir(out, fingerprint, overwrite) == "done":
         record = json.loads((out / "prep.json").read_text(encoding="utf-8"))
@@ -64,41 +89,54 @@ def prepare_parallel(
         return record
 
     langs = (options.src, options.tgt)
-    for directory in ("raw", "norm", "spm"):
-        (out / directory).mkdir(parents=True, exist_ok=True)
-    for split in splits.values():
-        write_lines(out / "raw" / f"{split.name}.{options.src}", split.source)
-        write_lines(out / "raw" / f"{split.name}.{options.tgt}", split.target)
-
+    raw = {(split.name, lang): lines for split in splits.values() for lang, lines in zip(langs, (split.source, split.target))}
     print("[lskd-prepare] normalising punctuation", flush=True)
-    normalised = {
-        (split.name, lang): _normalise(lines, lang, options.normalize_punctuation)
-        for split in splits.values()
-        for lang, lines in zip(langs, (split.source, split.target))
-    }
-    for (name, lang), lines in normalised.items():
-        write_lines(out / "norm" / f"{name}.{lang}", lines)
+    normalised = {(name, lang): _normalise(lines, lang, options.normalize_punctuation) for (name, lang), lines in raw.items()}
 
-    print(f"[lskd-prepare] training joint SentencePiece ({options.spm_model_type}, {options.vocab_size})", flush=True)
-    model = _train_sentencepiece([out / "norm" / f"train.{lang}" for lang in langs], out / "spm", options)
-    for (name, lang), lines in normalised.items():
-        write_lines(out / "spm" / f"{name}.{lang}", (" ".join(p) for p in model.encode(lines, out_type=str)))
+    if vocabulary:
+        print(f"[lskd-prepare] encoding with the teacher's SentencePiece model {vocabulary.spm_model}", flush=True)
+        model = _copy_sentencepiece_model(vocabulary.spm_model, out)
+    else:
+        print(f"[lskd-prepare] training joint SentencePiece ({options.spm_model_type}, {options.vocab_size})", flush=True)
+        model = _train_sentencepiece([normalised["train", lang] for lang in langs], out, options, inputs["train"])
+    encoded = {key: [" ".join(p) for p in model.encode(lines, out_type=str)] for key, lines in normalised.items()}
 
-    print("[lskd-prepare] binarizing with fairseq-preprocess (joined dictionary)", flush=True)
-    _binarize(out, options, workers)
-    counts = _check_binarized_counts(out, options, splits)
+    kept, dropped = {}, {}
+    for name in SPLITS:
+        kept[name], dropped[name] = _pairs_with_text(encoded[name, options.src], encoded[name, options.tgt])
+        if not kept[name]:
+            raise CorpusError(f"{name} split is empty after dropping pairs with an empty side ({', '.join(map(str, inputs[name]))})")
+    for directory, texts in (("raw", raw), ("norm", normalised), ("spm", encoded)):
+        (out / directory).mkdir(parents=True, exist_ok=True)
+        for (name, lang), lines in texts.items():
+            write_lines(out / directory / f"{name}.{lang}", (lines[i] for i in kept[name]))
+
+    joined = vocabulary.joined if vocabulary else True
+    print(f"[lskd-prepare] binarizing with fairseq-preprocess ({'joined' if joined else 'separate'} "
+          f"{'dictionary' if joined else 'dictionaries'}{' of the teacher' if vocabulary else ''})", flush=True)
+    _binarize(out, options, workers, vocabulary)
+    counts = _check_binarized_counts(out, options, {name: len(rows) for name, rows in kept.items()})
+    unknown = _unknown_pieces(out, options)
 
     record = {
         "fingerprint": fingerprint,
-        "inputs": input_record,
+        "inputs": {
+            name: {**input_files[name], "lines": len(splits[name].source), "dropped_pairs": dropped[name],
+                   "kept_pairs": len(kept[name])}
+            for name in SPLITS
+        },
         "options": asdict(options),
+        "vocabulary": {"origin": "teacher", **vocabulary_record} if vocabulary else {"origin": "trained"},
         "outputs": {
             "spm_model": "spm.model",
             "spm_model_sha256": sha256_file(out / "spm.model"),
             "spm_vocab_size": model.get_piece_size(),
             "bin_dir": "bin",
+            "joined_dictionary": joined,
             "dict_sha256": sha256_file(out / "bin" / f"dict.{options.tgt}.txt"),
+            "src_dict_sha256": sha256_file(out / "bin" / f"dict.{options.src}.txt"),
             "binarized_sentences": counts,
+            "unk": unknown,
         },
         **provenance(),
     }
@@ -109,43 +147,84 @@ def prepare_parallel(
     print(
         "[lskd-prepare] done: "
         + ", ".join(f"{name} {counts[name]}" for name in SPLITS)
-        + f" sentence pairs; {sum(s.dropped_empty for s in splits.values())} empty-side pairs dropped"
+        + f" sentence pairs; {sum(sum(d.values()) for d in dropped.values())} pairs with an empty side dropped"
         + f"; data in {out / 'bin'}",
         flush=True,
     )
     return record
 
 
-def _describe_inputs(inputs: Mapping[str, tuple[str | Path, str | Path]], splits: dict[str, ParallelSplit]) -> dict:
+def _check_vocabulary_options(options: PrepOptions, vocabulary: TeacherVocabulary | None) -> None:
+    """A SentencePiece model to train needs a size and a type; a teacher's vocabulary takes neither."""
+    if vocabulary is not None:
+        if options.vocab_size is not None or options.spm_model_type is not None:
+            raise CorpusError("the vocabulary is the teacher's: a SentencePiece vocabulary size or model type "
+                              "cannot be chosen with it (leave out --vocab-size and --spm-model-type)")
+    elif options.vocab_size is None or options.spm_model_type is None:
+        raise CorpusError("a SentencePiece model is trained here: give its vocabulary size and model type")
+    elif options.vocab_size < 16:
+        raise CorpusError(f"vocabulary size {options.vocab_size} is too small (need at least 16)")
+
+
+def _describe_input_files(inputs: Mapping[str, tuple[str | Path, str | Path]]) -> dict:
     return {
         name: {
-            "source": {"path": str(Path(inputs[name][0]).resolve()), "sha256": sha256_file(inputs[name][0])},
-            "target": {"path": str(Path(inputs[name][1]).resolve()), "sha256": sha256_file(inputs[name][1])},
-            "lines": len(split.source) + split.dropped_empty,
-            "dropped_empty_pairs": split.dropped_empty,
-            "kept_pairs": len(split.source),
+            side: {"path": str(Path(path).resolve()), "sha256": sha256_file(path)}
+            for side, path in zip(("source", "target"), inputs[name])
         }
-        for name, split in splits.items()
+        for name in SPLITS
     }
 
 
-def _fingerprint(input_record: dict, options: PrepOptions) -> str:
-    """Identity of a preparation: input contents and options (paths do not matter)."""
-    key = {
-        "inputs": {name: [rec["source"]["sha256"], rec["target"]["sha256"]] for name, rec in input_record.items()},
+def _pairs_with_text(source: list[str], target: list[str]) -> tuple[list[int], dict[str, int]]:
+    """Indices of the pairs whose two encoded sides both carry text, and the others counted by reason.
+
+    A side is judged on its SentencePiece pieces, which fairseq-preprocess binarizes: it is empty
+    when nothing in them prints but the word-boundary mark ``▁`` (pieces that fairseq's
+    ``tokenize_line`` splits away as whitespace print nothing either). So a side that becomes
+    empty only in normalisation (a zero-width space, a control character, a byte-order mark) is
+    dropped, not trained on as an end-of-sentence-only sentence.
+    """
+
+    def has_text(encoded: str) -> bool:
+        return has_visible_text(encoded.replace(SPM_WORD_BOUNDARY, ""))
+
+    kept, dropped = [], {"empty_source": 0, "empty_target": 0, "empty_both": 0}
+    for index, (src, tgt) in enumerate(zip(source, target)):
+        src_ok, tgt_ok = has_text(src), has_text(tgt)
+        if src_ok and tgt_ok:
+            kept.append(index)
+        else:
+            dropped["empty_target" if src_ok else "empty_source" if tgt_ok else "empty_both"] += 1
+    return kept, dropped
+
+
+def _fingerprint(input_files: dict, options: PrepOptions, vocabulary: dict[str, Any] | None) -> str:
+    """Identity of a preparation: input contents, options and the contents of a teacher's vocabulary
+    (paths do not matter)."""
+    key: dict[str, Any] = {
+        "inputs": {name: [rec["source"]["sha256"], rec["target"]["sha256"]] for name, rec in input_files.items()},
         "options": asdict(options),
     }
+    if vocabulary:
+        key["vocabulary"] = [vocabulary[name]["sha256"] for name in ("spm_model", "src_dict", "tgt_dict")]
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
 def _claim_out_dir(out: Path, fingerprint: str, overwrite: bool) -> str:
-    """Decide whether ``out`` is done, free, or someone else's; mark it as ours ("pending")."""
+    """Decide whether ``out`` is done, free, or someone else's; mark it as ours ("pending").
+
+    A directory where a preparation started but never finished (``prep.pending.json``, no
+    ``prep.json``) holds nothing complete: a rerun, with corrected inputs or options, takes it over.
+    """
     done = out / "prep.json"
     pending = out / "prep.pending.json"
     if done.exists() and json.loads(done.read_text(encoding="utf-8")).get("fingerprint") == fingerprint:
         if not overwrite:
             return "done"
-    ours = pending.exists() and json.loads(pending.read_text(encoding="utf-8")).get("fingerprint") == fingerprint
+    ours = pending.exists() and not done.exists()
+    if ours and json.loads(pending.read_text(encoding="utf-8")).get("fingerprint") != fingerprint:
+        print(f"[lskd-prepare] {out} holds an unfinished preparation: starting it again", flush=True)
     present = [name for name in OUTPUTS if (out / name).exists()]
     if present and not ours and not overwrite:
         raise CorpusError(
@@ -169,29 +248,65 @@ def _normalise(lines: list[str], lang: str, enabled: bool) -> list[str]:
     return [normalizer.normalize(line).strip() for line in lines]
 
 
-def _train_sentencepiece(train_files: list[Path], prefix: Path, options: PrepOptions):
-    """Train the joint model and move it to ``spm.model``/``spm.vocab`` beside the split folders."""
+def _train_sentencepiece(train_sides: list[list[str]], out: Path, options: PrepOptions,
+                         train_files: tuple[str | Path, str | Path]):
+    """Train the joint model on the normalised training text; write ``spm.model``/``spm.vocab`` in ``out``.
+
+    It sees every training line read, including the partner of a side found empty afterwards (that
+    judgement needs this model's encoding); SentencePiece itself skips empty lines. What
+    SentencePiece refuses (a vocabulary smaller than the text's characters, no text) is a
+    :class:`CorpusError` naming the training files.
+    """
     import sentencepiece as spm
 
-    model_prefix = prefix.parent / "spm"
-    spm.SentencePieceTrainer.train(
-        input=[str(f) for f in train_files],
-        model_prefix=str(model_prefix),
-        vocab_size=options.vocab_size,
-        model_type=options.spm_model_type,
-        character_coverage=1.0,
-        # a small corpus may not support the requested size: take what it supports, and record it
-        hard_vocab_limit=False,
-        input_sentence_size=2_000_000,
-        shuffle_input_sentence=True,
-        num_threads=2,
-        minloglevel=2,
-    )
-    return spm.SentencePieceProcessor(model_file=f"{model_prefix}.model")
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=(line for side in train_sides for line in side),
+            model_prefix=str(out / "spm"),
+            vocab_size=options.vocab_size,
+            model_type=options.spm_model_type,
+            character_coverage=1.0,
+            # a small corpus may not support the requested size: take what it supports, and record it
+            hard_vocab_limit=False,
+            input_sentence_size=2_000_000,
+            shuffle_input_sentence=True,
+            num_threads=2,
+            minloglevel=2,
+        )
+    except RuntimeError as err:
+        raise CorpusError(f"SentencePiece cannot train a {options.spm_model_type} model of {options.vocab_size} "
+                          f"pieces on {' and '.join(map(str, train_files))}: {_sentencepiece_reason(str(err))}") from err
+    return spm.SentencePieceProcessor(model_file=str(out / "spm.model"))
 
 
-def _binarize(out: Path, options: PrepOptions, workers: int) -> None:
+def _sentencepiece_reason(message: str) -> str:
+    """SentencePiece's own words without its source location and failed assertion, and the fix."""
+    reason = re.sub(r"^[A-Z_]+: \S+\(\d+\) \[.*?\] ?", "", message).strip()
+    sizes = re.search(r"Vocabulary size is smaller than required_chars\. (\d+) vs (\d+)", reason)
+    if sizes:
+        return (f"the training text holds {int(sizes[2]) - 3} distinct characters, and with <unk>, <s> and </s> "
+                f"the vocabulary needs at least {sizes[2]} pieces: give --vocab-size {sizes[2]} or more")
+    return reason or "no training text"
+
+
+def _copy_sentencepiece_model(model: Path, out: Path):
+    """The teacher's SentencePiece model, copied to ``out/spm.model`` where every LSKD tool looks."""
+    import sentencepiece as spm
+
+    shutil.copyfile(model, out / "spm.model")
+    return spm.SentencePieceProcessor(model_file=str(out / "spm.model"))
+
+
+def _binarize(out: Path, options: PrepOptions, workers: int, vocabulary: TeacherVocabulary | None) -> None:
+    """fairseq-preprocess the encoded splits: one joined dictionary built here, or the teacher's
+    dictionaries as they are (checked, and kept in ``bin/`` byte for byte)."""
     bin_dir = out / "bin"
+    if vocabulary is None:
+        dictionaries = ["--joined-dictionary"]
+    elif vocabulary.joined:
+        dictionaries = ["--joined-dictionary", "--srcdict", str(vocabulary.src_dict)]
+    else:
+        dictionaries = ["--srcdict", str(vocabulary.src_dict), "--tgtdict", str(vocabulary.tgt_dict)]
     command = [
         sys.executable, "-m", "fairseq_cli.preprocess",
         "--source-lang", options.src, "--target-lang", options.tgt,
@@ -199,7 +314,7 @@ def _binarize(out: Path, options: PrepOptions, workers: int) -> None:
         "--validpref", str(out / "spm" / "valid"),
         "--testpref", str(out / "spm" / "test"),
         "--destdir", str(bin_dir),
-        "--joined-dictionary",
+        *dictionaries,
         "--workers", str(workers),
     ]
     bin_dir.mkdir(parents=True, exist_ok=True)
@@ -209,20 +324,51 @@ def _binarize(out: Path, options: PrepOptions, workers: int) -> None:
     if result.returncode != 0:
         tail = log.read_text(encoding="utf-8", errors="replace").splitlines()[-20:]
         raise RuntimeError("fairseq-preprocess failed:\n" + "\n".join(tail))
+    if vocabulary is not None:
+        _keep_teacher_dictionaries(bin_dir, options, vocabulary)
 
 
-def _check_binarized_counts(out: Path, options: PrepOptions, splits: dict[str, ParallelSplit]) -> dict[str, int]:
+def _keep_teacher_dictionaries(bin_dir: Path, options: PrepOptions, vocabulary: TeacherVocabulary) -> None:
+    """``bin/dict.*.txt`` must be the teacher's dictionaries. fairseq-preprocess rewrites them from
+    the loaded symbols (same symbols, same order); where its writing differs from the file (a
+    ``#fairseq:overwrite`` flag, other spacing), the teacher's own bytes are put back."""
+    from fairseq.data import Dictionary
+
+    for lang, original in ((options.src, vocabulary.src_dict), (options.tgt, vocabulary.tgt_dict)):
+        written = bin_dir / f"dict.{lang}.txt"
+        if Dictionary.load(str(written)).symbols != Dictionary.load(str(original)).symbols:
+            raise RuntimeError(f"fairseq-preprocess wrote {written} with other symbols than {original}")
+        if sha256_file(written) != sha256_file(original):
+            shutil.copyfile(original, written)
+
+
+def _unknown_pieces(out: Path, options: PrepOptions) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per split and side, the binarized pieces that the dictionary maps to ``<unk>``; a share above
+    :data:`UNK_WARNING_SHARE` is a warning (the vocabulary does not fit this text)."""
+    from fairseq_plugins.teacher_vocabulary import unk_share
+
+    found: dict[str, dict[str, dict[str, Any]]] = {}
+    for name in SPLITS:
+        found[name] = {}
+        for side, lang in (("source", options.src), ("target", options.tgt)):
+            dictionary = out / "bin" / f"dict.{lang}.txt"
+            unknown, total = unk_share(read_lines(out / "spm" / f"{name}.{lang}"), dictionary)
+            share = unknown / max(total, 1)
+            found[name][side] = {"unk": unknown, "pieces": total, "share": round(share, 6)}
+            if share > UNK_WARNING_SHARE:
+                print(f"[lskd-prepare] warning: {share:.1%} of the {name} {side} pieces ({unknown} of {total}) map to "
+                      f"<unk> in {dictionary}: the vocabulary does not cover this text well", file=sys.stderr, flush=True)
+    return found
+
+
+def _check_binarized_counts(out: Path, options: PrepOptions, expected: dict[str, int]) -> dict[str, int]:
     """Count sentences in the binarized files; every kept pair must be there, on both sides."""
     from fairseq.data.indexed_dataset import MMapIndexedDataset
 
-    counts = {}
     pair = f"{options.src}-{options.tgt}"
-    for name, split in splits.items():
+    for name, count in expected.items():
         for lang in (options.src, options.tgt):
             found = len(MMapIndexedDataset(str(out / "bin" / f"{name}.{pair}.{lang}")))
-            if found != len(split.source):
-                raise RuntimeError(
-                    f"binarized {name}.{lang} holds {found} sentences but {len(split.source)} were written"
-                )
-        counts[name] = len(split.source)
-    return counts
+            if found != count:
+                raise RuntimeError(f"binarized {name}.{lang} holds {found} sentences but {count} were written")
+    return dict(expected)

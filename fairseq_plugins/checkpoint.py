@@ -62,8 +62,9 @@ def read_fairseq_state(path: str) -> dict[str, Any]:
     return state
 
 
-def _get(config: Any, key: str, default: Any = None) -> Any:
-    """Read a field from a checkpoint's config section, whether a dict or an argparse.Namespace."""
+def config_value(config: Any, key: str, default: Any = None) -> Any:
+    """A field of a checkpoint's config section, whether a dict, an OmegaConf node or an
+    argparse.Namespace; ``default`` when the section is None or lacks the field."""
     if config is None:
         return default
     if isinstance(config, dict):
@@ -78,18 +79,18 @@ def describe_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """
     state = load_fairseq_checkpoint(path)
     cfg = state.get("cfg") or {}
-    criterion, model, task = _get(cfg, "criterion", {}), _get(cfg, "model", {}), _get(cfg, "task", {})
+    criterion, model, task = (config_value(cfg, section, {}) for section in ("criterion", "model", "task"))
     history = state.get("optimizer_history") or [{}]
     return {
-        "criterion": _get(criterion, "_name"),
-        "label_smoothing": _get(criterion, "label_smoothing"),
-        "kd_alpha": _get(criterion, "kd_alpha"),
-        "kd_temperature": _get(criterion, "kd_temperature"),
-        "teacher_path": _get(criterion, "teacher_path"),
-        "teacher_topk": _get(criterion, "teacher_topk"),
-        "teacher_topk_cache": _get(criterion, "teacher_topk_cache"),
-        "arch": _get(model, "arch") or _get(model, "_name"),
-        "data": _get(task, "data"),
-        "seed": _get(_get(cfg, "common", {}), "seed"),
+        "criterion": config_value(criterion, "_name"),
+        "label_smoothing": config_value(criterion, "label_smoothing"),
+        "kd_alpha": config_value(criterion, "kd_alpha"),
+        "kd_temperature": config_value(criterion, "kd_temperature"),
+        "teacher_path": config_value(criterion, "teacher_path"),
+        "teacher_topk": config_value(criterion, "teacher_topk"),
+        "teacher_topk_cache": config_value(criterion, "teacher_topk_cache"),
+        "arch": config_value(model, "arch") or config_value(model, "_name"),
+        "data": config_value(task, "data"),
+        "seed": config_value(config_value(cfg, "common", {}), "seed"),
         "num_updates": history[-1].get("num_updates"),
     }

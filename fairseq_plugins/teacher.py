@@ -1,14 +1,17 @@
 """Load frozen fairseq teachers (one checkpoint or an ensemble) for a student's task.
 
 Shared by the KD criterion and ``lskd-dump-topk``. A teacher is checked against the student's
-target dictionary before it is built, so a mismatch names the differing tokens instead of failing
-inside ``load_state_dict`` with a tensor-shape error.
+target and source dictionaries before it is built, so a mismatch names both dictionary files and the
+differing tokens instead of failing inside ``load_state_dict`` with a tensor-shape error. The
+teacher's architecture is its own (any fairseq encoder-decoder: a post-norm Transformer, an LSTM):
+only its vocabulary must be the student's.
 """
 from __future__ import annotations
 
 import logging
 import os
 from dataclasses import dataclass
+from itertools import zip_longest
 from pathlib import Path
 
 import torch
@@ -65,39 +68,71 @@ def _read_state(path: str) -> dict:
         raise TeacherError(f"teacher {err}") from err
 
 
-def _output_vocab_size(model_state: dict) -> int | None:
-    for key in ("decoder.output_projection.weight", "decoder.embed_tokens.weight"):
+#: Where a fairseq model keeps its embedding tables, per side: (source input, target output).
+_VOCABULARY_WEIGHTS = {
+    "source": ("encoder.embed_tokens.weight",),
+    "target": ("decoder.output_projection.weight", "decoder.fc_out.weight", "decoder.embed_tokens.weight"),
+}
+#: Why each side's dictionary must be the student's.
+_WHY_SHARED = {
+    "target": "word-level KD compares teacher and student distributions over one target dictionary",
+    "source": "the teacher reads the student's source tokens (online KD, lskd-dump-topk), so the source "
+              "dictionaries must match too",
+}
+
+
+def _vocabulary_size(model_state: dict, side: str) -> int | None:
+    """Rows of the teacher's source embedding or target output layer, as its weights hold them."""
+    for key in _VOCABULARY_WEIGHTS[side]:
         if key in model_state:
             return int(model_state[key].shape[0])
     return None
 
 
-def check_dictionary(path: str, state: dict, student_dict, target_lang: str) -> None:
-    """Refuse a teacher whose target dictionary differs from the student's, naming the difference."""
+def _first_differences(teacher: list[str], student: list[str], limit: int = 5) -> list[tuple[int, str | None, str | None]]:
+    """(index, teacher symbol, student symbol) where the two dictionaries differ (None past an end)."""
+    return [(i, a, b) for i, (a, b) in enumerate(zip_longest(teacher, student)) if a != b][:limit]
+
+
+def check_dictionaries(path: str, state: dict, task) -> None:
+    """Refuse a teacher whose target or source dictionary differs from the student's, naming both files.
+
+    The teacher's dictionaries are found beside its checkpoint (a published model directory) or in
+    the data directory its config names; where neither holds one, the sizes of its embedding
+    tables are compared instead (a warning says so).
+    """
     from fairseq.data import Dictionary
 
-    task_cfg = state["cfg"]["task"]
-    data = str(task_cfg.get("data", "") or "").split(":")[0]
-    dict_file = Path(data) / f"dict.{task_cfg.get('target_lang') or target_lang}.txt"
-    if data and dict_file.is_file():
-        teacher_dict = Dictionary.load(str(dict_file))
-        if teacher_dict.symbols != student_dict.symbols:
-            differing = [
-                (i, a, b) for i, (a, b) in enumerate(zip(teacher_dict.symbols, student_dict.symbols)) if a != b
-            ][:5]
+    from fairseq_plugins.teacher_vocabulary import checkpoint_dictionary
+
+    teacher_task = state["cfg"]["task"]
+    student_data = Path(str(task.cfg.data).split(os.pathsep)[0])
+    sides = {
+        "target": (teacher_task.get("target_lang") or task.cfg.target_lang, task.cfg.target_lang, task.target_dictionary),
+        "source": (teacher_task.get("source_lang") or task.cfg.source_lang, task.cfg.source_lang, task.source_dictionary),
+    }
+    for side, (teacher_lang, student_lang, student_dict) in sides.items():
+        student_file = student_data / f"dict.{student_lang}.txt"
+        teacher_file = checkpoint_dictionary(path, state["cfg"], teacher_lang)
+        if teacher_file is not None:
+            teacher_dict = Dictionary.load(str(teacher_file))
+            if teacher_dict.symbols != student_dict.symbols:
+                raise TeacherError(
+                    f"teacher {path} was trained with {side} dictionary {teacher_file} ({len(teacher_dict)} types) "
+                    f"but the student's {side} dictionary is {student_file} ({len(student_dict)} types); first "
+                    f"differences (index, teacher, student): "
+                    f"{_first_differences(teacher_dict.symbols, student_dict.symbols)}. {_WHY_SHARED[side]}: prepare "
+                    f"the student's data in the teacher's vocabulary (lskd-prepare text ... --teacher TEACHER)"
+                )
+            continue
+        size = _vocabulary_size(state["model"], side)
+        if size is not None and size != len(student_dict):
             raise TeacherError(
-                f"teacher {path} was trained with target dictionary {dict_file} ({len(teacher_dict)} types) "
-                f"but the student's has {len(student_dict)} types; first differences (index, teacher, student): "
-                f"{differing}. Teacher and student must share one dictionary (lskd-prepare makes a joined one)."
+                f"teacher {path} has {size} {side} types but the student's {side} dictionary {student_file} has "
+                f"{len(student_dict)}: they were not trained on the same dictionary ({_WHY_SHARED[side]})"
             )
-        return
-    size = _output_vocab_size(state["model"])
-    if size is not None and size != len(student_dict):
-        raise TeacherError(
-            f"teacher {path} predicts {size} target types but the student's dictionary has "
-            f"{len(student_dict)}: they were not trained on the same dictionary"
-        )
-    logger.warning(f"teacher data {data!r} not found: checked only the dictionary size ({len(student_dict)})")
+        logger.warning(f"teacher {path}: no {side} dictionary found beside it or in its data directory; "
+                       f"checked only the {side} vocabulary size ({len(student_dict)})")
 
 
 def load_teachers(teacher_path: str, task) -> tuple[list[torch.nn.Module], list[TeacherInfo]]:
@@ -115,7 +150,7 @@ def load_teachers(teacher_path: str, task) -> tuple[list[torch.nn.Module], list[
     models, infos = [], []
     for path in split_teacher_paths(teacher_path):
         state = _read_state(path)
-        check_dictionary(path, state, task.target_dictionary, task.cfg.target_lang)
+        check_dictionaries(path, state, task)
         criterion_cfg = state["cfg"].get("criterion") or {}
         history = state.get("optimizer_history") or [{}]
         info = TeacherInfo(

@@ -1,4 +1,4 @@
-"""Parallel-corpus utilities: strict reading, line-count checks and empty-pair filtering.
+"""Parallel-corpus utilities: strict line reading, line-count checks and what counts as empty.
 
 Every data-producing step in LSKD reads through here, so that a bad byte, a mismatched pair of
 files or a dropped line is reported with the file and line it concerns instead of vanishing.
@@ -6,9 +6,10 @@ files or a dropped line is reported with the file and line it concerns instead o
 from __future__ import annotations
 
 import os
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import BinaryIO, Iterable, Iterator
 
 from lskd.errors import LSKDError
 
@@ -17,23 +18,36 @@ class CorpusError(LSKDError, ValueError):
     """Input data that cannot be used as given; the message names the file and the problem."""
 
 
+def iter_lines(stream: BinaryIO, origin: str) -> Iterator[str]:
+    """The UTF-8 lines of a binary stream, split at ``\\n`` only, without their ``\\n`` or ``\\r\\n`` end.
+
+    The one line splitter of LSKD: every text it reads (corpus files, archive members, decoder
+    output, chunk files) comes through here. It splits where the Perl and shell tools of fairseq's
+    recipes split; ``str.splitlines`` also breaks inside a sentence at U+2028, U+2029, U+0085, VT,
+    FF, FS, GS, RS and a lone CR, which misaligns parallel lines. (fairseq-preprocess itself also
+    splits at a lone CR, but the SentencePiece text LSKD hands it holds none: the ``nmt_nfkc``
+    normalisation removes control characters.)
+
+    Raises:
+        CorpusError: a line is not valid UTF-8; the message names ``origin``, the line and column.
+    """
+    for number, raw in enumerate(stream, start=1):
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise CorpusError(
+                f"{origin}, line {number}: not valid UTF-8 (byte {raw[err.start]:#04x} at column {err.start + 1})"
+            ) from None
+        yield text[:-2] if text.endswith("\r\n") else text[:-1] if text.endswith("\n") else text
+
+
 def read_lines(path: str | os.PathLike) -> list[str]:
-    """Read a text file as UTF-8 lines without their line ends; name file and line on bad bytes."""
+    """Read a text file as UTF-8 lines (see :func:`iter_lines`); name file and line on bad bytes."""
     path = Path(path)
     if not path.is_file():
         raise CorpusError(f"{path}: no such file")
-    lines = []
     with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                raise CorpusError(
-                    f"{path}, line {number}: not valid UTF-8 (byte {raw[err.start]:#04x} at "
-                    f"column {err.start + 1})"
-                ) from None
-            lines.append(text.rstrip("\r\n"))
-    return lines
+        return list(iter_lines(handle, str(path)))
 
 
 def write_lines(path: str | os.PathLike, lines: Iterable[str]) -> int:
@@ -59,21 +73,30 @@ def count_lines(path: str | os.PathLike) -> int:
     return count + (last != b"\n")
 
 
+#: Unicode categories that print nothing: separators, controls and format characters (U+200B
+#: zero-width space, U+FEFF byte-order mark, soft hyphen, direction marks).
+_INVISIBLE = {"Zs", "Zl", "Zp", "Cc", "Cf"}
+
+
+def has_visible_text(text: str) -> bool:
+    """Whether ``text`` holds a character that prints; a side without one carries no translation."""
+    return any(unicodedata.category(char) not in _INVISIBLE for char in text)
+
+
 @dataclass
 class ParallelSplit:
-    """One split of a parallel corpus after reading and filtering."""
+    """One split of a parallel corpus: aligned source and target lines, as read."""
 
     name: str
     source: list[str]
     target: list[str]
-    dropped_empty: int
 
 
 def read_parallel(name: str, source_path: str | os.PathLike, target_path: str | os.PathLike) -> ParallelSplit:
-    """Read a source/target file pair, check they align, and drop (and count) empty-side pairs.
+    """Read a source/target file pair and check that they align and are not empty.
 
-    An empty-side pair carries no translation, and leaving it in would make fairseq train on an
-    end-of-sentence-only target; it is dropped and the count is returned for the manifest.
+    Pairs with an empty side are kept here: whether a side is empty is judged on what gets
+    binarized, after normalisation and subword encoding (see ``data_prep.pipeline``).
     """
     source = read_lines(source_path)
     target = read_lines(target_path)
@@ -84,15 +107,4 @@ def read_parallel(name: str, source_path: str | os.PathLike, target_path: str | 
         )
     if not source:
         raise CorpusError(f"{name} split is empty: {source_path} and {target_path} have no lines")
-    kept = [(s, t) for s, t in zip(source, target) if s.strip() and t.strip()]
-    if not kept:
-        raise CorpusError(
-            f"{name} split is empty after dropping pairs with an empty side "
-            f"({source_path}, {target_path})"
-        )
-    return ParallelSplit(
-        name=name,
-        source=[s for s, _ in kept],
-        target=[t for _, t in kept],
-        dropped_empty=len(source) - len(kept),
-    )
+    return ParallelSplit(name=name, source=source, target=target)

@@ -19,6 +19,10 @@ class LSKDError(Exception):
     at fault and, where there is one, the fix."""
 
 
+class InvalidValueError(LSKDError, ValueError):
+    """A setting or an input value outside what can make a run (a depth, a ratio, a file's contents)."""
+
+
 def one_line(message: str) -> str:
     """``message`` with its line breaks folded, so that an error is one line of a log."""
     return " | ".join(part.strip() for part in str(message).splitlines() if part.strip())

@@ -50,7 +50,14 @@ class PreparedData:
         return self.root / self.record["outputs"]["spm_model"]
 
     def dictionary(self, lang: str) -> Path:
+        """The fairseq dictionary of ``lang`` (``bin/dict.LANG.txt``)."""
         return self.bin_dir / f"dict.{lang}.txt"
+
+    @property
+    def joined_dictionary(self) -> bool:
+        """One dictionary for both sides: what ``lskd-prepare`` makes with its own SentencePiece model
+        (and all it made before it recorded this); a teacher's vocabulary may have two."""
+        return bool(self.record["outputs"].get("joined_dictionary", True))
 
     def raw(self, split: str, lang: str) -> Path:
         """The split's text as given (the references BLEU is scored against)."""

@@ -12,18 +12,20 @@ from typing import Sequence
 
 import torch
 
+from lskd.errors import InvalidValueError
+
 
 def plane_basis(templates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Origin and orthonormal (2, d) basis of the plane through three templates (3, d)."""
     if templates.shape[0] != 3:
-        raise ValueError(f"need exactly three class templates, got {templates.shape[0]}")
+        raise InvalidValueError(f"need exactly three class templates, got {templates.shape[0]}")
     origin = templates[0].double()
     first = templates[1].double() - origin
     second = templates[2].double() - origin
     u1 = first / first.norm()
     v = second - (second @ u1) * u1
     if v.norm() < 1e-12 * second.norm().clamp_min(1e-30):
-        raise ValueError("the three templates are collinear: they do not span a plane")
+        raise InvalidValueError("the three templates are collinear: they do not span a plane")
     return origin, torch.stack([u1, v / v.norm()])
 
 

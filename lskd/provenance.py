@@ -48,8 +48,9 @@ def provenance() -> dict[str, Any]:
 
 
 def write_json(path: str | os.PathLike, record: dict[str, Any]) -> None:
-    """Write a JSON record atomically, so a killed run never leaves half a manifest."""
-    tmp = f"{os.fspath(path)}.tmp"
+    """Write a JSON record atomically, so a killed run never leaves half a manifest (the temporary
+    file is per process: shards of one job may write the same record side by side)."""
+    tmp = f"{os.fspath(path)}.{os.getpid()}.tmp"
     with open(tmp, "w", encoding="utf-8") as handle:
         json.dump(record, handle, indent=2, sort_keys=True, ensure_ascii=False)
         handle.write("\n")

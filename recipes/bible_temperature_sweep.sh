@@ -18,10 +18,11 @@ set -euo pipefail
 if [ "${1:-}" = --dry-run ]; then export LSKD_DRY_RUN=1; shift; fi
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh" plots
 source "$LSKD_ROOT/recipes/lib.sh"
+share_cores
 cd "$LSKD_ROOT"
 
-TEMPERATURES=${TEMPERATURES:-1 2 3 64}
-SEEDS=${SEEDS:-1 2 3}
+read -r -a TEMPERATURES <<< "${TEMPERATURES:-1 2 3 64}"
+read -r -a SEEDS <<< "${SEEDS:-1 2 3}"
 KD_ALPHA=${LSKD_KD_ALPHA:-0.5}
 TEACHER_UPDATES=${LSKD_TEACHER_UPDATES:-800}
 STUDENT_UPDATES=${LSKD_STUDENT_UPDATES:-500}
@@ -32,7 +33,7 @@ BEAM=5
 started=$(date +%s)
 
 stage "prepare the Bible De-En corpus in $DATA"
-done_already "$DATA/prep.json" || invoke "$DATA.prepare.log" lskd-prepare bible --out "$DATA" --vocab-size 4000
+once "$DATA/prepare.done" "$DATA.prepare.log" -- lskd-prepare bible --out "$DATA" --vocab-size 4000
 
 stage "teachers ($TEACHERS): label smoothing 0.1 and 0, $TEACHER_UPDATES updates each"
 for ls in 0.1 0; do
@@ -49,15 +50,15 @@ for ls in 0.1 0; do
 done
 wait_all "teacher evaluation"
 
-stage "students ($STUDENT_UPDATES updates, $LSKD_JOBS at a time): word-level KD at T in {$TEMPERATURES} (alpha $KD_ALPHA) from each teacher, seeds {$SEEDS}, and a gold-data student per seed"
+stage "students ($STUDENT_UPDATES updates, $LSKD_JOBS at a time): word-level KD at T in {${TEMPERATURES[*]}} (alpha $KD_ALPHA) from each teacher, seeds {${SEEDS[*]}}, and a gold-data student per seed"
 logs=()
 student_job() { train_student "$@" && evaluate_bleu "$2" "$DATA" "$BEAM"; }
-for seed in $SEEDS; do
-  for t in $TEMPERATURES; do
+for seed in "${SEEDS[@]}"; do
+  for t in "${TEMPERATURES[@]}"; do
     for ls in 0.1 0; do
       logs+=("$RUN/student_wordkd_ls${ls}_T${t}_seed$seed/train.log")
-      background student_job "$DATA/bin" "$RUN/student_wordkd_ls${ls}_T${t}_seed$seed" "$STUDENT_UPDATES" "$seed" \
-        $(word_kd_args "$TEACHERS/teacher_ls$ls/checkpoint_last.pt" "$t" "$KD_ALPHA")
+      word_kd_args kd "$TEACHERS/teacher_ls$ls/checkpoint_last.pt" "$t" "$KD_ALPHA"
+      background student_job "$DATA/bin" "$RUN/student_wordkd_ls${ls}_T${t}_seed$seed" "$STUDENT_UPDATES" "$seed" "${kd[@]}"
       at_most "$LSKD_JOBS"
     done
   done
@@ -67,7 +68,6 @@ done
 wait_all "students" "${logs[@]}" "$RUN"/student_gold_seed*/train.log
 
 stage "report ($(( ($(date +%s) - started) / 60 )) min this run)"
-invoke "$RUN/report.log" lskd-report "$RUN" --summary --note "teachers $TEACHER_UPDATES updates (3+3 layers, 256 \
+report "$RUN" --summary --note "teachers $TEACHER_UPDATES updates (3+3 layers, 256 \
 dims, from $TEACHERS), students $STUDENT_UPDATES updates (3+3 layers, 128 dims, LS 0), word-KD alpha $KD_ALPHA with the \
-full online teacher distribution, seeds $SEEDS, test decoding beam $BEAM"
-[ "$LSKD_DRY_RUN" = 1 ] || cat "$RUN/report.log"
+full online teacher distribution, seeds ${SEEDS[*]}, test decoding beam $BEAM"

@@ -14,16 +14,18 @@
 # ReActNet), TEACHER_LS (0.1), EPOCHS (the configs' 30), TRAIN_LIMIT (first N training images: smoke
 # runs), NPROC (torchrun workers per run, 1), LSKD_DATA_DIR (your own copy of Fashion-MNIST),
 # PICTURE_CLASSES ("Shirt T-shirt/top Sneaker"), TRAIN_EXTRA (more --set KEY=VALUE for every run).
-# Every stage is skipped when its output exists; a killed training resumes from its checkpoint.
+# A stage is skipped when it last succeeded with the same command and inputs (recipes/lib.sh, `once`);
+# a killed training resumes from its checkpoint (lskd-train refuses one of another experiment, e.g.
+# after EPOCHS changed: give another LSKD_RUN_DIR).
 set -euo pipefail
 
-DRY_RUN=0
-if [ "${1:-}" = --dry-run ]; then DRY_RUN=1; shift; fi
-LSKD_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+if [ "${1:-}" = --dry-run ]; then export LSKD_DRY_RUN=1; shift; fi
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh" plots  # matplotlib: the picture and the report's plot
+source "$LSKD_ROOT/recipes/lib.sh"
 RUN=${LSKD_RUN_DIR:-$LSKD_ROOT/runs/fmnist_ls_kd}
-SEEDS=${SEEDS:-1 2 3}
-TEMPERATURES=${TEMPERATURES:-1 2 3 64}
-IMBALANCE_RATIOS=${IMBALANCE_RATIOS:-1 100}
+read -r -a SEEDS <<< "${SEEDS:-1 2 3}"
+read -r -a TEMPERATURES <<< "${TEMPERATURES:-1 2 3 64}"
+read -r -a IMBALANCE_RATIOS <<< "${IMBALANCE_RATIOS:-1 100}"
 KD_ALPHA=${KD_ALPHA:-1}
 TEACHER_LS=${TEACHER_LS:-0.1}
 NPROC=${NPROC:-1}
@@ -37,37 +39,27 @@ DATA_FLAG=(); [ -n "${LSKD_DATA_DIR:-}" ] && DATA_FLAG=(--data-dir "$LSKD_DATA_D
 TRAIN=(lskd-train); [ "$NPROC" -gt 1 ] && TRAIN=(torchrun --standalone --nproc_per_node "$NPROC" -m lskd.train.cli)
 CONFIGS=$LSKD_ROOT/configs
 
-# run DONE_FILE COMMAND...: run COMMAND unless DONE_FILE exists ("-": always); --dry-run only prints it.
-run() {
-  local done_file=$1; shift
-  if [ "$DRY_RUN" = 1 ]; then printf '%q ' "$@"; printf '\n'; return 0; fi
-  if [ "$done_file" != - ] && [ -e "$done_file" ]; then echo "   $done_file exists, skipping"; return 0; fi
-  "$@"
-}
-
-# train OUT_DIR CONFIG KEY=VALUE...: one lskd-train run, done when its evaluation record exists.
+# train OUT_DIR CONFIG KEY=VALUE...: one lskd-train run, on the terminal
 train() {
   local dir=$1 config=$2; shift 2
-  run "$dir/eval/classification-test.json" "${TRAIN[@]}" "$CONFIGS/$config" --out-dir "$dir" "${DATA_FLAG[@]}" \
-    --set "$@" "${COMMON[@]}"
+  once "$dir/train.done" - -- "${TRAIN[@]}" "$CONFIGS/$config" --out-dir "$dir" "${DATA_FLAG[@]}" --set "$@" "${COMMON[@]}"
 }
 
-if [ "$DRY_RUN" = 0 ]; then
-  source "$LSKD_ROOT/recipes/env.sh" plots  # matplotlib: the picture and the report's plot
+if [ "$LSKD_DRY_RUN" = 0 ]; then
   [ -n "${LSKD_DATA_DIR:-}" ] || source "$LSKD_ROOT/recipes/fashion_mnist.sh"
   mkdir -p "$RUN"
 fi
 
-for ratio in $IMBALANCE_RATIOS; do
+for ratio in "${IMBALANCE_RATIOS[@]}"; do
   if [ "$ratio" = 1 ]; then split=balanced; else split=lt$ratio; fi
   data=data.imbalance_ratio=$ratio
   for ls in "$TEACHER_LS" 0; do
     train "$RUN/$split/teacher_ls$ls" fmnist_teacher.yaml "$data" "loss.label_smoothing=$ls" seed=1
   done
-  for seed in $SEEDS; do
+  for seed in "${SEEDS[@]}"; do
     for ls in "$TEACHER_LS" 0; do
       teacher=$RUN/$split/teacher_ls$ls/checkpoint_last.pt
-      for t in $TEMPERATURES; do
+      for t in "${TEMPERATURES[@]}"; do
         for student in cnn binary; do
           config=fmnist_student.yaml; [ "$student" = binary ] && config=fmnist_binary.yaml
           train "$RUN/$split/student_${student}_ls${ls}_T${t}_seed$seed" "$config" "$data" "seed=$seed" \
@@ -78,8 +70,8 @@ for ratio in $IMBALANCE_RATIOS; do
     train "$RUN/$split/student_cnn_gold_seed$seed" fmnist_student.yaml "$data" "seed=$seed" kd.alpha=0
     train "$RUN/$split/student_binary_gold_seed$seed" fmnist_binary.yaml "$data" "seed=$seed" kd.alpha=0
   done
-  run - lskd-vision-project --checkpoints "$RUN/$split/teacher_ls$TEACHER_LS/checkpoint_last.pt" \
-    "$RUN/$split/teacher_ls0/checkpoint_last.pt" --classes "${PICTURE[@]}" --out "$RUN/$split/penultimate_teachers.png" \
-    "${DATA_FLAG[@]}"
+  teachers=("$RUN/$split/teacher_ls$TEACHER_LS/checkpoint_last.pt" "$RUN/$split/teacher_ls0/checkpoint_last.pt")
+  once "$RUN/$split/penultimate_teachers.done" - "${teachers[@]}" -- lskd-vision-project --checkpoints "${teachers[@]}" \
+    --classes "${PICTURE[@]}" --out "$RUN/$split/penultimate_teachers.png" "${DATA_FLAG[@]}"
 done
-run - lskd-report "$RUN"
+report "$RUN"

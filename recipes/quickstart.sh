@@ -6,7 +6,9 @@
 # the gold data alone as the baseline; scores every system on the Gospel of John with sacrebleu,
 # measures stability (1 - S) and calibration (ECE), draws the teachers' penultimate layers, and
 # writes RUN_DIR/report.md with a five-line summary.
-# Jobs run two at a time, one core each. Re-running skips every finished stage.
+# Jobs run two at a time, one core each. Re-running skips every stage whose command and inputs are
+# unchanged since it last succeeded (recipes/lib.sh, `once`): a larger LSKD_TEACHER_UPDATES trains the
+# teachers on from their last checkpoint, then re-scores and re-distils them.
 #
 #   bash recipes/quickstart.sh [--dry-run]     (--dry-run: print every command, run nothing)
 #
@@ -25,20 +27,22 @@
 #   LSKD_DATA_DIR=DIR                where the prepared corpus goes (default data/bible-de-en-4k)
 #   LSKD_DEVICE=cpu|gpu              gpu: train and decode on CUDA (default cpu)
 #   LSKD_PREPARED=DIR                your own corpus instead of the Bible: a directory made by
-#                                    `lskd-prepare text ... --out DIR` (its test split is scored)
+#                                    `lskd-prepare text ... --out DIR` (its test split is scored;
+#                                    separate dictionaries share only the decoder's embeddings)
 #   LSKD_PICTURE_TOKENS="a b c"      three target SentencePiece pieces for the penultimate-layer
 #                                    picture (default "▁God ▁Lord ▁water")
 set -euo pipefail
 if [ "${1:-}" = --dry-run ]; then export LSKD_DRY_RUN=1; shift; fi
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh" plots
 source "$LSKD_ROOT/recipes/lib.sh"
+share_cores
 cd "$LSKD_ROOT"
 
 PROFILE=${LSKD_PROFILE:-default}
 case "$PROFILE" in
-  default) UPDATES=800;  STUDENT_UPDATES=500;  LIMIT_TRAIN="";                   BEAM=5 ;;
-  long)    UPDATES=3200; STUDENT_UPDATES=2000; LIMIT_TRAIN="";                   BEAM=5 ;;
-  smoke)   UPDATES=30;   STUDENT_UPDATES=30;   LIMIT_TRAIN="--limit-train 1000"; BEAM=1 ;;
+  default) UPDATES=800;  STUDENT_UPDATES=500;  LIMIT_TRAIN=();                     BEAM=5 ;;
+  long)    UPDATES=3200; STUDENT_UPDATES=2000; LIMIT_TRAIN=();                     BEAM=5 ;;
+  smoke)   UPDATES=30;   STUDENT_UPDATES=30;   LIMIT_TRAIN=(--limit-train 1000); BEAM=1 ;;
   *) echo "LSKD_PROFILE must be default, smoke or long (got '$PROFILE')" >&2; exit 2 ;;
 esac
 UPDATES=${LSKD_TEACHER_UPDATES:-$UPDATES}
@@ -46,17 +50,19 @@ STUDENT_UPDATES=${LSKD_STUDENT_UPDATES:-$STUDENT_UPDATES}
 KD_ALPHA=${LSKD_KD_ALPHA:-0.5}
 DISTILL_BEAM=${LSKD_DISTILL_BEAM:-1}
 SEED=${LSKD_SEED:-1}
-RUN=${LSKD_RUN_DIR:-runs/quickstart${LIMIT_TRAIN:+-smoke}}
-DATA=${LSKD_DATA_DIR:-data/bible-de-en-4k${LIMIT_TRAIN:+-smoke}}
+SUFFIX=""; [ "$PROFILE" != smoke ] || SUFFIX=-smoke
+RUN=${LSKD_RUN_DIR:-runs/quickstart$SUFFIX}
+DATA=${LSKD_DATA_DIR:-data/bible-de-en-4k$SUFFIX}
 started=$(date +%s)
 
 if [ -n "${LSKD_PREPARED:-}" ]; then
   DATA=$LSKD_PREPARED
   stage "your prepared corpus: $DATA"
   [ "$LSKD_DRY_RUN" = 1 ] || [ -f "$DATA/prep.json" ] || { echo "$DATA has no prep.json: make it with lskd-prepare text ... --out $DATA" >&2; exit 2; }
+  share_embeddings_like "$DATA"
 else
   stage "prepare the Bible De-En corpus (test = John, valid = Ruth + Philemon) in $DATA"
-  invoke - lskd-prepare bible --out "$DATA" --vocab-size 4000 $LIMIT_TRAIN
+  once "$DATA/prepare.done" - -- lskd-prepare bible --out "$DATA" --vocab-size 4000 "${LIMIT_TRAIN[@]}"
 fi
 TOKENS=${LSKD_PICTURE_TOKENS:-▁God ▁Lord ▁water}
 PICTURE=${TOKENS//▁/}; PICTURE=$RUN/plots/penultimate_${PICTURE// /_}.png
@@ -87,8 +93,8 @@ for ls in 0.1 0; do
   teacher=$RUN/teacher_ls$ls
   background seqkd_job "$teacher" "$RUN/distilled_ls$ls" "$RUN/student_seqkd_ls${ls}_seed$SEED"
   at_most "$LSKD_JOBS"
-  background student_job "$DATA/bin" "$RUN/student_wordkd_ls${ls}_T1_seed$SEED" "$STUDENT_UPDATES" "$SEED" \
-    $(word_kd_args "$teacher/checkpoint_last.pt" 1 "$KD_ALPHA")
+  word_kd_args kd "$teacher/checkpoint_last.pt" 1 "$KD_ALPHA"
+  background student_job "$DATA/bin" "$RUN/student_wordkd_ls${ls}_T1_seed$SEED" "$STUDENT_UPDATES" "$SEED" "${kd[@]}"
   at_most "$LSKD_JOBS"
   logs+=("$RUN/student_seqkd_ls${ls}_seed$SEED/train.log" "$RUN/student_wordkd_ls${ls}_T1_seed$SEED/train.log")
 done
@@ -100,8 +106,10 @@ penultimate_picture "$PICTURE" "$DATA" "$TOKENS" \
   "$RUN/teacher_ls0.1/checkpoint_last.pt" "$RUN/teacher_ls0/checkpoint_last.pt"
 
 stage "results ($(( ($(date +%s) - started) / 60 )) min this run)"
-invoke - lskd-eval table "$RUN"/*/eval/bleu-test.json
-invoke - lskd-report "$RUN" --summary --note "profile $PROFILE: teachers $UPDATES updates (3+3 layers, 256 dims), \
+scores=("$RUN"/*/eval/bleu-test.json)
+once "$RUN/table.done" "$RUN/table.log" "${scores[@]}" -- lskd-eval table "${scores[@]}"
+[ "$LSKD_DRY_RUN" = 1 ] || cat "$RUN/table.log"
+report "$RUN" --summary --note "profile $PROFILE: teachers $UPDATES updates (3+3 layers, 256 dims), \
 students $STUDENT_UPDATES updates (3+3 layers, 128 dims, LS 0, seed $SEED), word-KD T = 1 alpha $KD_ALPHA with the \
 full online teacher distribution, sequence-level KD on the teacher's beam-$DISTILL_BEAM decoding of every training \
-source, test decoding beam $BEAM, $LSKD_JOBS jobs side by side on $LSKD_CORES cores; $(( ($(date +%s) - started) / 60 )) min this run."
+source, test decoding beam $BEAM, $LSKD_JOBS jobs side by side on $LSKD_CORES cores."

@@ -4,6 +4,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Sequence
 
 import pytest
 
@@ -41,11 +42,13 @@ def trained_checkpoint(bible_slice, tmp_path_factory) -> Path:
     return save_dir / "checkpoint_last.pt"
 
 
-def train_tiny(data: Path, save_dir: Path, *extra: str, updates: int = 4, seed: int = 1) -> subprocess.CompletedProcess:
-    """fairseq-train a tiny model for a few updates; returns the finished process (log in stdout/stderr)."""
+def train_tiny(data: Path, save_dir: Path, *extra: str, updates: int = 4, seed: int = 1,
+               arch: Sequence[str] = TINY_TRANSFORMER) -> subprocess.CompletedProcess:
+    """fairseq-train a tiny model (``arch``: its flags) for a few updates; returns the finished process
+    (log in stdout/stderr)."""
     return run_module(
         "fairseq_cli.train", str(data), "--user-dir", str(REPO / "fairseq_plugins"),
-        *TINY_TRANSFORMER, "--cpu", "--optimizer", "adam", "--lr", "1e-3",
+        *arch, "--cpu", "--optimizer", "adam", "--lr", "1e-3",
         "--max-tokens", "1024", "--max-update", str(updates), "--required-batch-size-multiple", "1",
         "--save-dir", str(save_dir), "--no-epoch-checkpoints", "--num-workers", "0", "--seed", str(seed),
         "--log-format", "simple", "--log-interval", "1", *extra,

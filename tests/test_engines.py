@@ -1,4 +1,5 @@
 """Two decoding engines behind one interface: fairseq in-process and CTranslate2 on an lskd-export."""
+import io
 import json
 import random
 import re
@@ -9,6 +10,7 @@ import pytest
 import torch
 
 from conftest import REPO, run_module, train_tiny
+from lskd.corpus import iter_lines
 from lskd.ctranslate2_engine import ExportMismatchError, ExportedModel
 from lskd.decoding import (DecodingOptions, EngineError, EngineSettings, length_batches, max_target_tokens,
                            pieces_to_text, refuse_ensemble)
@@ -147,9 +149,9 @@ def fairseq_generate(data_dir, checkpoint, split, beam):
         [sys.executable, "-m", "fairseq_cli.generate", str(data_dir / "bin"), "--user-dir", str(REPO / "fairseq_plugins"),
          "--path", str(checkpoint), "--gen-subset", split, "--beam", str(beam), "--batch-size", "16",
          "--required-batch-size-multiple", "1", "--max-len-a", "1.2", "--max-len-b", "10", "--post-process", "sentencepiece", "--cpu", "--num-workers", "0"],
-        capture_output=True, text=True, check=True)
-    return dict((int(line.split("\t")[0][2:]), line.split("\t")[2]) for line in result.stdout.splitlines()
-                if line.startswith("D-"))
+        capture_output=True, check=True)
+    return dict((int(line.split("\t")[0][2:]), line.split("\t")[2])
+                for line in iter_lines(io.BytesIO(result.stdout), "fairseq-generate output") if line.startswith("D-"))
 
 
 @pytest.mark.slow

@@ -170,14 +170,15 @@ def test_unreadable_teacher_and_other_dictionary_are_named(bible_slice, tmp_path
 
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")
-    with pytest.raises(TeacherError, match="teacher checkpoint .*junk.pt is unreadable"):
+    with pytest.raises(TeacherError, match="teacher .*junk.pt is unreadable as a torch checkpoint"):
         build(bible_slice / "bin", "--criterion", "label_smoothed_cross_entropy_with_kd", "--teacher-path", str(junk))
 
     # a student on data with another dictionary (same corpus, other vocabulary size)
     other = tmp_path / "other"
     subprocess.run([sys.executable, "-m", "data_prep.cli", "bible", "--out", str(other), "--limit-train", "300",
                     "--vocab-size", "400"], check=True, capture_output=True)
-    with pytest.raises(TeacherError, match=r"target dictionary .*dict.en.txt \(\d+ types\) but the student's has \d+ types"):
+    with pytest.raises(TeacherError, match=rf"target dictionary .*/dict.en.txt \(\d+ types\) but the student's target "
+                                           rf"dictionary is {other / 'bin' / 'dict.en.txt'} \(\d+ types\)"):
         build(other / "bin", "--criterion", "label_smoothed_cross_entropy_with_kd", "--teacher-path", str(trained_checkpoint))
 
 

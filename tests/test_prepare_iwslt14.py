@@ -7,7 +7,7 @@ import pytest
 
 from data_prep.cli import main as prepare_main
 from data_prep.iwslt14 import extract_iwslt14
-from lskd.corpus import CorpusError
+from lskd.corpus import CorpusError, read_lines
 
 META = ["<url>http://www.ted.com/talks/x.html</url>", "<keywords>talks</keywords>", "<talkid>1</talkid>"]
 
@@ -29,11 +29,17 @@ def xml(name, lang, n):
 
 
 def build_archive(path, train=50, sets=(("TED.dev2010", 3), ("TEDX.dev2012", 2), ("TED.tst2010", 4),
-                                        ("TED.tst2011", 2), ("TED.tst2012", 3))):
-    files = {f"de-en/train.tags.de-en.{lang}": transcript(lang, train) for lang in ("de", "en")}
+                                        ("TED.tst2011", 2), ("TED.tst2012", 3)), text=None, segments=None):
+    """An archive in the official layout; ``text`` (lang -> lines) replaces the generated transcript
+    text and ``segments`` (lang -> {set name: segment texts}) the generated test segments."""
+    files = {f"de-en/train.tags.de-en.{lang}": transcript(lang, train) if text is None else [*META, *text[lang]]
+             for lang in ("de", "en")}
     for name, n in sets:
         for lang in ("de", "en"):
             files[f"de-en/IWSLT14.{name}.de-en.{lang}.xml"] = xml(name, lang, n)
+    for lang, by_set in (segments or {}).items():
+        for name, texts in by_set.items():
+            files[f"de-en/IWSLT14.{name}.de-en.{lang}.xml"] = [f'<seg id="{i}"> {t} </seg>' for i, t in enumerate(texts, 1)]
     with tarfile.open(path, "w:gz") as archive:
         for name, lines in files.items():
             data = ("\n".join(lines) + "\n").encode("utf-8")
@@ -92,9 +98,55 @@ def test_cli_runs_the_shared_pipeline(tmp_path):
 
 
 def test_length_filter_matches_clean_corpus_n():
-    from data_prep.iwslt14 import _keep_by_length
+    from data_prep.iwslt14 import clean_corpus_keeps
 
-    assert _keep_by_length("a b c", "x y z w")  # ratio 4/3
-    assert not _keep_by_length("a b", "x y z w")  # ratio 2
-    assert not _keep_by_length("a " * 176, "x " * 176)  # too long
-    assert not _keep_by_length("", "x")
+    assert clean_corpus_keeps("a b", "x y z")  # ratio 1.5 is kept (the script drops above it)
+    assert not clean_corpus_keeps("a b", "x y z w")  # ratio 2
+    assert clean_corpus_keeps(" a  b\t", "x y")  # runs of whitespace are one separator
+    assert clean_corpus_keeps("a " * 175, "x " * 175)
+    assert not clean_corpus_keeps("a " * 176, "x " * 176)  # more than 175 tokens
+    assert not clean_corpus_keeps("", "x") and not clean_corpus_keeps("  ", "x")
+    assert clean_corpus_keeps("a" * 1000, "x") and not clean_corpus_keeps("a" * 1001, "x")  # longest word
+
+
+def test_split_counts_moses_tokens_like_prepare_iwslt14_sh(tmp_path):
+    """fairseq's recipe filters lengths on Moses-tokenised text, where punctuation is a token.
+
+    60 text lines (hand-derived): lines 1-10 "Ja, nein, gut, N." / "yes no good N" are 4 and 4
+    words but 8 and 4 tokens (ratio 2: dropped); line 11 "Hallo!" / "hello there you" is 1 and 3
+    words but 2 and 3 tokens (ratio 1.5: kept), so are lines 33 and 54; line 12 has 90 words but
+    180 tokens a side (over 175: dropped); the other 46 lines have 6 tokens a side. Kept: 49 lines,
+    in order 11, 13-32, 33, 34-53, 54, 55-60; the 23rd and 46th of them (lines 34 and 57) are valid.
+    Counting untokenised words instead keeps 57 lines and holds out lines 24 and 48.
+    """
+    kinds = ["B"] * 10 + ["C", "D"] + ["A"] * 20 + ["C"] + ["A"] * 20 + ["C"] + ["A"] * 6
+    texts = {"A": ("Satz Nummer {n} ist hier .", "sentence number {n} is here ."),
+             "B": ("Ja, nein, gut, {n}.", "yes no good {n}"),
+             "C": ("Hallo!", "hello there you"),
+             "D": ("Wort, " * 90, "word, " * 90)}
+    text = {lang: [texts[k][side].format(n=n).strip() for n, k in enumerate(kinds, 1)] for side, lang in enumerate(("de", "en"))}
+    archive = build_archive(tmp_path / "de-en.tgz", text=text)
+    paths, summary = extract_iwslt14(archive, tmp_path / "corpus", "de", "en")
+    assert summary["iwslt14"]["removed_by_length_filter"] == 11
+    assert summary["iwslt14"]["extracted_pairs"]["train"] == 47
+    assert read_lines(paths["valid"][1]) == ["sentence number 34 is here .", "sentence number 57 is here ."]
+    train_de = read_lines(paths["train"][0])
+    assert train_de[0] == "Hallo!"  # kept as in the archive, not tokenised
+    assert train_de.count("Hallo!") == 3 and not any(line.startswith(("Ja,", "Wort,")) for line in train_de)
+
+
+def test_line_separator_inside_a_line_keeps_pairs_and_segments(tmp_path):
+    """U+2028 in German line 5, English line 9 and a tst2010 segment: 40 aligned pairs, every segment."""
+    text = {lang: [f"{word} {n} ist hier ." if lang == "de" else f"{word} {n} is here ." for n in range(1, 41)]
+            for lang, word in (("de", "Satz"), ("en", "sentence"))}
+    text["de"][4] = "Satz 5\u2028ist hier ."
+    text["en"][8] = "sentence 9\u2028is here ."
+    segments = {lang: {"TED.tst2010": [f"{lang} one", f"{lang}\u2028two", f"{lang} three"]} for lang in ("de", "en")}
+    archive = build_archive(tmp_path / "de-en.tgz", sets=(), text=text, segments=segments)
+    paths, summary = extract_iwslt14(archive, tmp_path / "corpus", "de", "en")
+    assert summary["iwslt14"]["extracted_pairs"] == {"train": 39, "valid": 1, "test": 3}
+    train = list(zip(read_lines(paths["train"][0]), read_lines(paths["train"][1])))
+    valid = list(zip(read_lines(paths["valid"][0]), read_lines(paths["valid"][1])))
+    pairs = train[:22] + valid + train[22:]
+    assert pairs == list(zip(text["de"], text["en"]))
+    assert read_lines(paths["test"][0]) == ["de one", "de\u2028two", "de three"]

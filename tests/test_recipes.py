@@ -1,6 +1,13 @@
-"""Recipes: the --dry-run commands a GPU user would run, and the smoke quickstart end to end."""
+"""Recipes: the --dry-run commands a GPU user would run, the one "already done" rule (`once` in
+recipes/lib.sh) on fake commands, and the smoke quickstart end to end."""
+import hashlib
+import json
+import os
 import shlex
+import signal
 import subprocess
+import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -90,6 +97,19 @@ def test_quickstart_dry_run_lists_teachers_students_and_report():
     assert {c[c.index("--max-update") + 1] for c in smoke if c[0] == "fairseq-train"} == {"30"}
 
 
+@pytest.mark.parametrize("outputs,sharing", [
+    ({"joined_dictionary": True}, "--share-all-embeddings"),
+    ({}, "--share-all-embeddings"),  # prepared before prep.json recorded it: always joined
+    ({"joined_dictionary": False}, "--share-decoder-input-output-embed"),  # lskd-prepare --teacher, separate dictionaries
+])
+def test_a_prepared_corpus_with_separate_dictionaries_shares_only_the_decoders_embeddings(tmp_path, outputs, sharing):
+    (tmp_path / "prep.json").write_text(json.dumps({"outputs": outputs}))
+    trains = [c for c in dry_run(recipe="quickstart.sh", LSKD_PREPARED=str(tmp_path)) if c[0] == "fairseq-train"]
+    assert len(trains) == 2 + 5 and all(c[1].startswith(str(tmp_path)) or "distilled" in c[1] for c in trains)
+    other = ({"--share-all-embeddings", "--share-decoder-input-output-embed"} - {sharing}).pop()
+    assert all(sharing in c and other not in c for c in trains)
+
+
 def run_quickstart(run_dir: Path, data_dir: Path) -> subprocess.CompletedProcess:
     env = {"PATH": "/usr/bin:/bin", "HOME": str(run_dir.parent), "LSKD_PROFILE": "smoke",
            "LSKD_RUN_DIR": str(run_dir), "LSKD_DATA_DIR": str(data_dir)}
@@ -127,6 +147,136 @@ def test_smoke_quickstart_end_to_end_fills_the_report_and_reruns_nothing(tmp_pat
     assert len(checkpoints) == 7
 
     second = run_quickstart(run_dir, data_dir).stdout
-    assert "training (log" not in second and "decoding the training sources" not in second
-    assert second.count("skipping") >= 7 + 7 + 7 + 2  # trained, scored, analysed; distilled
+    assert ": running " not in second
+    # prepared; trained, scored, analysed; distilled; the picture, the table, the report
+    assert second.count("(same command and inputs), skipping") == 1 + 7 + 7 + 7 + 2 + 3
     assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("checkpoint_last.pt")} == checkpoints
+
+
+def once(cwd: Path, *args: str, dry_run: bool = False) -> subprocess.CompletedProcess:
+    """`once ARGS...` from recipes/lib.sh, run in cwd."""
+    return subprocess.run(["bash", "-c", f'source {shlex.quote(str(REPO / "recipes" / "lib.sh"))}; once "$@"', "once", *args],
+                          capture_output=True, text=True, cwd=cwd,
+                          env={"PATH": "/usr/bin:/bin", "LSKD_DRY_RUN": "1" if dry_run else "0"})
+
+
+@pytest.fixture
+def fake(tmp_path: Path) -> Path:
+    """tmp_path with ./fake (appends its arguments to runs.txt; exits $FAKE_STATUS), ./stuck (writes
+    started, then sleeps) and an input file ckpt."""
+    (tmp_path / "fake").write_text('#!/bin/bash\necho "$*" >> runs.txt\nexit "${1#status=}"\n')
+    (tmp_path / "stuck").write_text("#!/bin/bash\ntouch started\nsleep 600\n")
+    for script in ("fake", "stuck"):
+        (tmp_path / script).chmod(0o755)
+    (tmp_path / "ckpt").write_text("a")
+    return tmp_path
+
+
+def runs(cwd: Path) -> list[str]:
+    path = cwd / "runs.txt"
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def test_a_stage_runs_again_only_when_its_arguments_or_inputs_change(fake):
+    stage = ("s/train.done", "s/train.log", "ckpt", "--", "./fake", "status=0", "--max-update", "10")
+    assert once(fake, *stage).returncode == 0 and runs(fake) == ["status=0 --max-update 10"]
+    assert (fake / "s/train.done").read_text().startswith("command: ./fake status=0 --max-update 10\ninput: ckpt 1 ")
+    again = once(fake, *stage)
+    assert again.returncode == 0 and len(runs(fake)) == 1 and "skipping" in again.stdout
+    more = once(fake, *stage[:-1], "20")  # a changed MAX_UPDATE
+    assert len(runs(fake)) == 2 and "changed since the last run" in more.stdout
+    assert once(fake, *stage[:-1], "20").returncode == 0 and len(runs(fake)) == 2
+    (fake / "ckpt").write_text("bb")  # another input: its size differs
+    once(fake, *stage[:-1], "20")
+    assert len(runs(fake)) == 3
+    os.utime(fake / "ckpt", ns=(10**9, 10**9))  # same size, another modification time
+    once(fake, *stage[:-1], "20")
+    assert len(runs(fake)) == 4
+    assert once(fake, *stage[:-1], "20").returncode == 0 and len(runs(fake)) == 4
+
+
+def test_a_failed_stage_leaves_no_stamp_and_runs_again(fake):
+    assert once(fake, "s.done", "s.log", "--", "./fake", "status=0").returncode == 0
+    for attempt in (1, 2):
+        failed = once(fake, "s.done", "s.log", "--", "./fake", "status=3")
+        assert failed.returncode == 1 and "./fake failed; last lines of s.log" in failed.stdout
+        assert not (fake / "s.done").exists() and len(runs(fake)) == 1 + attempt
+    assert once(fake, "s.done", "-", "--", "./fake", "status=4").returncode == 4  # on the terminal: its own status
+    assert not (fake / "s.done").exists()
+
+
+def test_a_killed_stage_leaves_no_stamp_and_runs_again(fake):
+    assert once(fake, "s.done", "s.log", "--", "./fake", "status=0").returncode == 0
+    recipe = subprocess.Popen(["bash", "-c", f'source {shlex.quote(str(REPO / "recipes" / "lib.sh"))}; once s.done s.log -- ./stuck'],
+                              cwd=fake, start_new_session=True, env={"PATH": "/usr/bin:/bin"})
+    deadline = time.monotonic() + 60  # a guard against a hang, not a measurement
+    while not (fake / "started").exists() and recipe.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(recipe.pid, signal.SIGKILL)  # the whole recipe, as a kill -9 or a lost machine would
+    recipe.wait()
+    assert (fake / "started").exists() and sorted(p.name for p in fake.glob("s.done*")) == []
+    assert once(fake, "s.done", "s.log", "--", "./fake", "status=0").returncode == 0 and len(runs(fake)) == 2
+
+
+def test_a_dry_run_prints_the_stage_and_runs_nothing(fake):
+    printed = once(fake, "s.done", "s.log", "ckpt", "--", "./fake", "status=0", "a b", dry_run=True)
+    assert printed.returncode == 0 and shlex.split(printed.stdout) == ["./fake", "status=0", "a b"]
+    assert runs(fake) == [] and not (fake / "s.done").exists()
+
+
+STUB = r"""#!/bin/bash
+# A stand-in for the LSKD and fairseq commands: records its call, writes what the recipe reads next.
+name=$(basename "$0")
+echo "$name $* CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES-}" >> "$STUB_CALLS"
+arg() { local want=$1; shift; while [ $# -gt 0 ]; do [ "$1" = "$want" ] && { echo "$2"; return; }; shift; done; }
+case $name in
+  lskd-prepare) mkdir -p "$(arg --out "$@")"; echo "$*" > "$(arg --out "$@")/prep.json" ;;
+  fairseq-train) mkdir -p "$(arg --save-dir "$@")"; echo "$*" > "$(arg --save-dir "$@")/checkpoint_last.pt" ;;
+  lskd-distill-corpus)  # every shard waits for all the others: shards run one after the other never get past
+    out=$(arg --out "$@"); shards=$(arg --num-shards "$@"); mkdir -p "$out"; touch "$out/started.$(arg --shard-id "$@")"
+    for _ in $(seq 400); do [ "$(ls "$out"/started.* | wc -l)" -ge "$shards" ] && break; sleep 0.05; done
+    [ "$(ls "$out"/started.* | wc -l)" -ge "$shards" ] || { echo "the other shards never started" >&2; exit 3; }
+    echo merged > "$out/distill.json" ;;
+esac
+"""
+
+
+def test_iwslt14_recipe_runs_its_shards_side_by_side_and_reruns_only_what_changed(tmp_path):
+    """The whole recipe, not a dry run, with stand-ins for every command in a fake environment."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").symlink_to(sys.executable)
+    digest = hashlib.sha256((REPO / "setup.py").read_bytes()).hexdigest()[:16]
+    (venv / ".lskd-installed").write_text(f"{digest} plots\n")  # recipes/env.sh: installed, with [plots]
+    (venv / "bin" / "stub").write_text(STUB)
+    (venv / "bin" / "stub").chmod(0o755)
+    for name in ("lskd-prepare", "fairseq-train", "lskd-eval", "lskd-distill-corpus", "lskd-report"):
+        (venv / "bin" / name).symlink_to("stub")
+    calls = tmp_path / "calls.txt"
+
+    def recipe(**env: str) -> Counter:
+        before = calls.read_text().splitlines() if calls.exists() else []
+        result = subprocess.run(["bash", str(REPO / "recipes" / "iwslt14_de_en.sh"), str(tmp_path / "de-en.tgz")],
+                                capture_output=True, text=True, env={
+                                    "PATH": "/usr/bin:/bin", "LSKD_VENV": str(venv), "STUB_CALLS": str(calls),
+                                    "LSKD_RUN_DIR": str(tmp_path / "run"), "LSKD_DATA_DIR": str(tmp_path / "data"),
+                                    "SEEDS": "1", "TEMPERATURES": "2", "DISTILL_SHARDS": "2", "LSKD_DEVICE": "cpu",
+                                    "CUDA_VISIBLE_DEVICES": "3,5", **env})
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        new = calls.read_text().splitlines()[len(before):]
+        return Counter(" ".join(line.split()[:2]) if line.startswith("lskd-eval") else line.split()[0] for line in new)
+
+    first = recipe()
+    # 2 teachers; per teacher 1 word-KD + 1 seq-KD student; 1 gold student; 2 shards per teacher
+    assert first == {"lskd-prepare": 1, "fairseq-train": 7, "lskd-eval bleu": 7, "lskd-eval stability": 2,
+                     "lskd-distill-corpus": 4, "lskd-report": 1}
+    shards = [line.split() for line in calls.read_text().splitlines() if line.startswith("lskd-distill-corpus")]
+    assert {(c[c.index("--shard-id") + 1], c[-1]) for c in shards} == {
+        ("0", "CUDA_VISIBLE_DEVICES=3"), ("1", "CUDA_VISIBLE_DEVICES=5")}  # one GPU each, round robin
+    assert all(line.endswith("CUDA_VISIBLE_DEVICES=3,5") for line in calls.read_text().splitlines()
+               if line.startswith("fairseq-train"))
+    assert recipe() == {}  # every stage done with the same command and inputs
+    # a larger MAX_UPDATE: every model trains on, so it is scored again, the teachers' corpora are
+    # decoded again, and the report is rewritten; the data stays
+    assert recipe(MAX_UPDATE="60000") == {"fairseq-train": 7, "lskd-eval bleu": 7, "lskd-eval stability": 2,
+                                          "lskd-distill-corpus": 4, "lskd-report": 1}

@@ -4,8 +4,7 @@ from pathlib import Path
 import pytest
 
 from lskd.train.cli import main as train_main
-from lskd.train.config import (ConfigError, TrainConfig, apply_override, experiment_differences, load_config,
-                               to_dict)
+from lskd.train.config import ConfigError, TrainConfig, experiment_differences, from_dict, load_config, to_dict
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -30,12 +29,15 @@ def test_yaml_then_overrides_in_order_with_yaml_typed_values(tmp_path):
 @pytest.mark.parametrize("override, message", [
     ("kd.temprature=2", "unknown config key 'kd.temprature' .* did you mean 'temperature'"),
     ("optimizer.lr=0.1", "unknown config key 'optimizer'"),
-    ("schedule.epochs=ten", "'schedule.epochs' must be int, got 'ten'"),
-    ("schedule.epochs=2.5", "'schedule.epochs' must be int"),
-    ("data.augment=3", "'data.augment' must be bool"),
-    ("seed=true", "'seed' must be int, got True"),
-    ("schedule.milestones=5", "'schedule.milestones' must be a list"),
-    ("kd=3", "kd must be a mapping"),
+    ("schedule.epochs=ten", "config key 'schedule.epochs': Value 'ten' .* could not be converted to Integer$"),
+    ("schedule.epochs=2.5", "'schedule.epochs': Value '2.5' .* could not be converted to Integer"),
+    ("data.augment=maybe", "'data.augment': Value 'maybe' is not a valid bool"),
+    ("seed=true", "'seed': Value 'True' of type 'bool' could not be converted to Integer"),
+    ("schedule.milestones=5", "'schedule.milestones': .*int is not a ListConfig, list or tuple"),
+    ("schedule.milestones=[10, x]", r"'schedule.milestones\[1\]': Value 'x'"),
+    ("kd=3", "'kd': .*int is not a subclass of KDConfig"),
+    ("seed.x=2", "'seed': Value '{}' of type 'dict' could not be converted to Integer"),
+    ("out_dir=null", "'out_dir': field 'out_dir' is not Optional"),
     ("kd.temperature", "not KEY=VALUE"),
 ])
 def test_unknown_keys_and_wrong_types_are_named(override, message):
@@ -51,6 +53,10 @@ def test_unknown_keys_and_wrong_types_are_named(override, message):
     (["data.imbalance_ratio=0.5"], "imbalance_ratio must be >= 1"),
     (["loss.label_smoothing=1"], r"label_smoothing must be in \[0, 1\)"),
     (["model.name=resnet9"], "model.name 'resnet9' is not one of"),
+    (["optim.name=sgdd"], "optim.name 'sgdd' is not one of sgd, adam, adamw"),
+    (["model.width=0"], "model.width must be >= 1, got 0"),
+    (["data.train_limit=0"], "data.train_limit must be >= 1, got 0"),
+    (["kd.topk=-1"], "kd.topk must be >= 0, got -1"),
     (["schedule.milestones=[40]", "schedule.epochs=30"], "milestones must lie in"),
     (["data.name=image_folder"], "needs data.data_dir"),
 ])
@@ -59,17 +65,21 @@ def test_values_that_cannot_make_a_run_are_refused(overrides, message):
         load_config(None, overrides)
 
 
-def test_a_top_level_that_is_not_a_mapping_is_refused(tmp_path):
-    with pytest.raises(ConfigError, match="top level must be a mapping"):
-        load_config(write(tmp_path, "- a\n- b\n"))
+def test_files_name_the_key_at_fault_in_one_line(tmp_path):
+    for text, message in [("kd: {alpah: 1}\n", "unknown config key 'kd.alpah' .* did you mean 'alpha'"),
+                          ("kd: 3\n", "config key 'kd': "), ("schedule: {epochs: [3]}\n", "config key 'schedule.epochs': "),
+                          ("- a\n- b\n", "top level must be a mapping"), ("kd: {alpha: [1\n", "not valid YAML: .*line 1")]:
+        with pytest.raises(ConfigError, match=message) as caught:
+            load_config(write(tmp_path, text))
+        assert "\n" not in str(caught.value)
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "missing.yaml")
 
 
-def test_override_into_a_scalar_is_refused():
-    raw = {"seed": 1}
-    with pytest.raises(ConfigError, match="seed is not a section"):
-        apply_override(raw, "seed.x=2")
+def test_a_checkpoints_config_is_checked_like_a_file():
+    assert from_dict(TrainConfig, {"kd": {"alpha": 1, "teacher": "t.pt"}}).kd.alpha == 1.0
+    with pytest.raises(ConfigError, match="unknown config key 'kd.alpah'"):
+        from_dict(TrainConfig, {"kd": {"alpah": 1}})
 
 
 def test_runtime_keys_may_change_on_resume_but_experiment_keys_may_not():

@@ -13,8 +13,8 @@ import argparse
 import json
 import sys
 
+from lskd.errors import console_script
 from lskd.train.config import dump_yaml, load_config
-from lskd.vision.data import DataNotFoundError
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -31,6 +31,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@console_script("lskd-train")
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -45,9 +46,6 @@ def main(argv: list[str] | None = None) -> int:
 
         env, device = init_distributed(config.device)
         Trainer(config, env, device).fit(args.stop_after_epochs)
-    except (DataNotFoundError, ValueError) as err:  # bad settings or data: a message, no traceback
-        print(f"lskd-train: error: {err}", file=sys.stderr)
-        return 2
     finally:
         import torch.distributed as dist
 

@@ -1,25 +1,33 @@
-"""Experiment configuration: a YAML file, checked against dataclasses, with ``--set a.b=c`` overrides.
+"""Experiment configuration: a YAML file checked against dataclasses (OmegaConf structured configs),
+with ``--set a.b=c`` overrides.
 
 Every key is declared below with its type and default, so a typo (``kd.temprature``) or a wrong
 type (``schedule.epochs=ten``) stops the run at start with a message naming the key, instead of
-being silently ignored hours later.
+being silently ignored hours later. Types, defaults and YAML values (``1e-3`` is a float,
+``[10, 20]`` a list, ``null`` None) are OmegaConf's; :func:`validate` adds the ranges a type cannot say.
 """
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import types
-import typing
+import functools
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
+from lskd.errors import LSKDError
 from lskd.losses import validate_kd_args
 
+T = TypeVar("T")
 
-class ConfigError(ValueError):
+
+class ConfigError(LSKDError, ValueError):
     """A configuration that cannot describe a run: unknown key, wrong type or meaningless value."""
 
 
@@ -101,120 +109,93 @@ RUNTIME_KEYS = frozenset({"out_dir", "device", "progress", "log_interval", "data
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
-    """The YAML file (or the defaults, for ``None``) with ``key.sub=value`` overrides applied, validated."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(raw).__name__}")
-    for override in overrides:
-        apply_override(raw, override)
-    config = from_dict(TrainConfig, raw)
-    validate(config)
-    return config
+    """The YAML file (or the defaults, for ``None``) with ``key.sub=value`` overrides applied in order,
+    values read as YAML; raises :class:`ConfigError` naming the first key at fault."""
+    for override in overrides:  # OmegaConf would read a bare "kd.teacher" as kd.teacher=null
+        if not override.partition("=")[1] or override.startswith("="):
+            raise ConfigError(f"override {override!r} is not KEY=VALUE (e.g. kd.temperature=2)")
+    config = OmegaConf.structured(TrainConfig)
+    with config_errors():
+        for key, value in read_yaml(path).items():  # section by section, so an error names its key
+            OmegaConf.update(config, str(key), value, merge=True)
+        config.merge_with_dotlist(list(overrides))
+        checked = OmegaConf.to_object(config)
+    validate(checked)
+    return checked
 
 
-def apply_override(raw: dict[str, Any], override: str) -> None:
-    """Set ``a.b=c`` in the nested mapping; the value is read as YAML (``2``, ``0.1``, ``null``, ``[1, 2]``)."""
-    key, sep, text = override.partition("=")
-    if not sep or not key:
-        raise ConfigError(f"override {override!r} is not KEY=VALUE (e.g. kd.temperature=2)")
-    *sections, leaf = key.strip().split(".")
-    node = raw
-    for section in sections:
-        node = node.setdefault(section, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"override {override!r}: {section} is not a section")
-    node[leaf] = yaml.safe_load(text) if text.strip() else None
+def read_yaml(path: str | Path | None) -> DictConfig:
+    """The file's top-level mapping (empty for ``None``), read by OmegaConf's YAML loader."""
+    if path is None:
+        return OmegaConf.create()
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = OmegaConf.load(path)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(err).split())}") from err
+    if not isinstance(raw, DictConfig):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections, got a list")
+    return raw
 
 
-def from_dict(cls: type, raw: dict[str, Any], prefix: str = "") -> Any:
-    """Build dataclass ``cls`` from a mapping, refusing unknown keys and values of the wrong type."""
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {raw!r}")
-    hints = typing.get_type_hints(cls)
-    known = [f.name for f in dataclasses.fields(cls)]
-    values = {}
-    for key, value in raw.items():
-        if key not in known:
-            raise ConfigError(unknown_key_message(prefix + str(key), known))
-        if dataclasses.is_dataclass(hints[key]):
-            values[key] = from_dict(hints[key], value or {}, f"{prefix}{key}.")
-        else:
-            values[key] = check_type(prefix + key, value, hints[key])
-    return cls(**values)
+def from_dict(cls: type[T], raw: dict[str, Any]) -> T:
+    """Dataclass ``cls`` from a mapping (e.g. a checkpoint's config), refusing unknown keys and wrong types."""
+    with config_errors():
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls), raw))
 
 
-def unknown_key_message(key: str, known: list[str]) -> str:
-    leaf = key.rsplit(".", 1)[-1]
-    close = difflib.get_close_matches(leaf, known, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    return f"unknown config key {key!r} (known here: {', '.join(known)}){hint}"
+@contextmanager
+def config_errors() -> Iterator[None]:
+    """OmegaConf's errors as a one-line :class:`ConfigError` naming the key (and, if unknown, the nearest known one)."""
+    try:
+        yield
+    except (ConfigKeyError, ConfigAttributeError) as err:
+        known = [f.name for f in dataclasses.fields(err.object_type)] if dataclasses.is_dataclass(err.object_type) else []
+        close = difflib.get_close_matches(str(err.key), known, n=1)
+        hint = (f" (known here: {', '.join(known)})" if known else "") + (f"; did you mean {close[0]!r}?" if close else "")
+        raise ConfigError(f"unknown config key {err.full_key!r}{hint}") from None
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"config key {err.full_key or 'config'!r}: {str(err.msg).splitlines()[0]}") from None
 
 
-def check_type(key: str, value: Any, hint: Any) -> Any:
-    """``value`` if it has type ``hint`` (int accepted for float; '1e-3'-style strings for float)."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return check_type(key, value, inner)
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"config key {key!r} must be a list, got {value!r}")
-        return [check_type(f"{key}[{i}]", item, args[0]) for i, item in enumerate(value)]
-    if hint is float:
-        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif isinstance(value, hint):
-        return value
-    raise ConfigError(f"config key {key!r} must be {getattr(hint, '__name__', hint)}, got {value!r}")
+#: Keys with a fixed set of values (model.name: lskd.vision.models.MODELS) and keys with a lower bound.
+CHOICES = {"data.name": ("fashion_mnist", "image_folder"), "optim.name": ("sgd", "adam", "adamw"),
+           "schedule.name": ("cosine", "multistep", "constant"), "device": ("auto", "cpu", "cuda")}
+AT_LEAST = {"model.width": 1, "data.imbalance_ratio": 1, "data.train_limit": 1, "data.test_limit": 1,
+            "data.image_size": 1, "data.batch_size": 1, "data.eval_batch_size": 1, "data.num_workers": 0,
+            "data.crop_padding": 0, "schedule.epochs": 1, "kd.topk": 0, "eval_every": 1, "log_interval": 1}
 
 
 def validate(config: TrainConfig) -> None:
-    """Values that type-check but cannot make a run."""
+    """Values of the right type that still cannot make a run: one :class:`ConfigError` naming the key."""
     from lskd.vision.models import MODELS  # late: models import torch modules the config does not need
 
+    def value(key: str) -> Any:
+        return functools.reduce(getattr, key.split("."), config)
+
+    for key, allowed in {"model.name": tuple(sorted(MODELS)), **CHOICES}.items():
+        if value(key) not in allowed:
+            raise ConfigError(f"{key} {value(key)!r} is not one of {', '.join(allowed)}")
+    for key, minimum in AT_LEAST.items():
+        if value(key) is not None and value(key) < minimum:
+            raise ConfigError(f"{key} must be >= {minimum}, got {value(key)}")
+    schedule, kd = config.schedule, config.kd
     checks = [
-        (config.model.name in MODELS, f"model.name {config.model.name!r} is not one of {', '.join(sorted(MODELS))}"),
-        (config.model.width >= 1, "model.width must be >= 1"),
-        (config.data.name in ("fashion_mnist", "image_folder"), f"data.name {config.data.name!r} must be fashion_mnist or image_folder"),
-        (config.data.imbalance_ratio >= 1, f"data.imbalance_ratio must be >= 1 (n_max / n_min), got {config.data.imbalance_ratio}"),
         (config.data.name == "fashion_mnist" or config.data.data_dir, "data.name image_folder needs data.data_dir (or --data-dir)"),
-        (config.data.batch_size >= 1 and config.data.eval_batch_size >= 1, "batch sizes must be >= 1"),
-        (config.data.train_limit is None or config.data.train_limit >= 1, "data.train_limit must be >= 1"),
-        (config.data.test_limit is None or config.data.test_limit >= 1, "data.test_limit must be >= 1"),
-        (config.data.crop_padding >= 0 and config.data.image_size >= 1, "data.crop_padding >= 0 and data.image_size >= 1"),
-        (config.optim.name in ("sgd", "adam", "adamw"), f"optim.name {config.optim.name!r} must be sgd, adam or adamw"),
-        (config.optim.lr > 0, "optim.lr must be > 0"),
-        (config.schedule.name in ("cosine", "multistep", "constant"), f"schedule.name {config.schedule.name!r} must be cosine, multistep or constant"),
-        (config.schedule.epochs >= 1, "schedule.epochs must be >= 1"),
-        (0 <= config.schedule.warmup_epochs <= config.schedule.epochs, "schedule.warmup_epochs must be in [0, epochs]"),
-        (all(0 < m < config.schedule.epochs for m in config.schedule.milestones), "schedule.milestones must lie in (0, epochs)"),
+        (config.optim.lr > 0, f"optim.lr must be > 0, got {config.optim.lr}"),
+        (0 <= schedule.warmup_epochs <= schedule.epochs, "schedule.warmup_epochs must be in [0, schedule.epochs]"),
+        (all(0 < m < schedule.epochs for m in schedule.milestones), "schedule.milestones must lie in (0, schedule.epochs)"),
         (0 <= config.loss.label_smoothing < 1, f"loss.label_smoothing must be in [0, 1), got {config.loss.label_smoothing}"),
-        (config.kd.topk >= 0, "kd.topk must be >= 0 (0 = all classes)"),
-        (config.kd.alpha == 0 or config.kd.teacher, f"kd.alpha = {config.kd.alpha} needs kd.teacher (a checkpoint written by lskd-train)"),
-        (config.kd.alpha > 0 or not config.kd.teacher, "kd.teacher is set but kd.alpha = 0: the teacher would not be used"),
-        (config.device in ("auto", "cpu", "cuda"), f"device {config.device!r} must be auto, cpu or cuda"),
-        (config.eval_every >= 1 and config.log_interval >= 1, "eval_every and log_interval must be >= 1"),
+        (kd.alpha == 0 or kd.teacher, f"kd.alpha = {kd.alpha} needs kd.teacher (a checkpoint written by lskd-train)"),
+        (kd.alpha > 0 or not kd.teacher, "kd.teacher is set but kd.alpha = 0: the teacher would not be used"),
     ]
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
     try:
-        validate_kd_args(config.kd.alpha, config.kd.temperature)
+        validate_kd_args(kd.alpha, kd.temperature)
     except ValueError as err:
         raise ConfigError(str(err)) from err
 
@@ -242,4 +223,4 @@ def experiment_differences(saved: dict[str, Any], current: TrainConfig) -> list[
 
 
 def dump_yaml(config: TrainConfig) -> str:
-    return yaml.safe_dump(to_dict(config), sort_keys=False)
+    return OmegaConf.to_yaml(config)

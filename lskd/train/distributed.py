@@ -14,6 +14,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from lskd.errors import LSKDError
+
 
 @dataclass(frozen=True)
 class DistEnv:
@@ -34,7 +36,7 @@ class DistEnv:
 def pick_device(preference: str, env: DistEnv) -> torch.device:
     """``auto``: this rank's GPU when CUDA is available, else the CPU."""
     if preference == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device cuda was asked for, but torch sees no CUDA device")
+        raise LSKDError("device cuda was asked for, but torch sees no CUDA device")
     if preference != "cpu" and torch.cuda.is_available():
         return torch.device("cuda", env.local_rank)
     return torch.device("cpu")

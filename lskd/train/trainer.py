@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm import tqdm
 
 from lskd.checkpoint import load_checkpoint
+from lskd.errors import InvalidValueError
 from lskd.losses import KDLoss, topk_scores, word_kd_loss
 from lskd.metrics import CalibrationAccumulator, StabilityAccumulator
 from lskd.provenance import provenance, sha256_file, write_json
@@ -94,7 +95,7 @@ def load_trained_model(path: str | Path, device: torch.device | str = "cpu") -> 
     """
     state = load_checkpoint(path)
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a checkpoint written by lskd-train")
+        raise InvalidValueError(f"{path} is not a checkpoint written by lskd-train")
     config = from_dict(TrainConfig, state["config"])
     model = build_model(config.model.name, len(state["classes"]), state["in_channels"], config.model.width)
     model.load_state_dict(state["model"])

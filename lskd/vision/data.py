@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
-from lskd.errors import LSKDError
+from lskd.errors import InvalidValueError, LSKDError
 from lskd.provenance import sha256_file
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -46,7 +46,7 @@ def read_idx(path: str | Path, limit: int | None = None) -> torch.Tensor:
     with (gzip.open if compressed else open)(path, "rb") as handle:
         magic = handle.read(4)
         if len(magic) != 4 or magic[:2] != b"\0\0" or magic[2] not in _IDX_DTYPES:
-            raise ValueError(f"{path} is not an IDX file (magic bytes {magic.hex()})")
+            raise InvalidValueError(f"{path} is not an IDX file (magic bytes {magic.hex()})")
         dtype, ndim = np.dtype(_IDX_DTYPES[magic[2]]), magic[3]
         shape = list(np.frombuffer(handle.read(4 * ndim), dtype=">u4").astype(np.int64))
         if limit is not None:
@@ -54,7 +54,7 @@ def read_idx(path: str | Path, limit: int | None = None) -> torch.Tensor:
         expected = int(np.prod(shape)) * dtype.itemsize
         payload = handle.read(expected)
     if len(payload) != expected:
-        raise ValueError(f"{path} is truncated: {len(payload)} of {expected} data bytes")
+        raise InvalidValueError(f"{path} is truncated: {len(payload)} of {expected} data bytes")
     array = np.frombuffer(payload, dtype=dtype).reshape(shape)
     return torch.from_numpy(array.astype(dtype.newbyteorder("="), copy=True))
 
@@ -82,7 +82,7 @@ class TensorImages(Dataset):
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor):
         if images.dtype != torch.uint8 or images.dim() != 4 or len(images) != len(labels):
-            raise ValueError(f"need uint8 images (N, C, H, W) and N labels, got {tuple(images.shape)} {images.dtype}, {len(labels)}")
+            raise InvalidValueError(f"need uint8 images (N, C, H, W) and N labels, got {tuple(images.shape)} {images.dtype}, {len(labels)}")
         self.images, self.labels = images, labels.long()
 
     def __len__(self) -> int:
@@ -150,7 +150,7 @@ def load_fashion_mnist(data_dir: str | Path | None, split: str, limit: int | Non
     images = read_idx(files[f"{split}_images"], limit)
     labels = read_idx(files[f"{split}_labels"], limit)
     if images.dim() != 3 or len(images) != len(labels):
-        raise ValueError(f"Fashion-MNIST {split}: {tuple(images.shape)} images for {len(labels)} labels")
+        raise InvalidValueError(f"Fashion-MNIST {split}: {tuple(images.shape)} images for {len(labels)} labels")
     return ImageSet(TensorImages(images.unsqueeze(1), labels), FASHION_MNIST_CLASSES)
 
 
@@ -160,12 +160,12 @@ def long_tail_counts(n_max: int, num_classes: int, ratio: float) -> list[int]:
     Class 0 is the head (n_max), class C - 1 the tail (n_max / ratio), as in Cao et al. (2019).
     """
     if not ratio >= 1 or not np.isfinite(ratio):
-        raise ValueError(f"imbalance ratio must be a finite number >= 1 (n_max / n_min), got {ratio}")
+        raise InvalidValueError(f"imbalance ratio must be a finite number >= 1 (n_max / n_min), got {ratio}")
     if num_classes < 2:
         return [n_max] * num_classes
     counts = [int(n_max * ratio ** (-i / (num_classes - 1))) for i in range(num_classes)]
     if counts[-1] < 1:
-        raise ValueError(f"imbalance ratio {ratio} leaves the tail class no example (n_max = {n_max})")
+        raise InvalidValueError(f"imbalance ratio {ratio} leaves the tail class no example (n_max = {n_max})")
     return counts
 
 
@@ -192,7 +192,7 @@ def image_folder_split(root: str | Path, split: str, size: int, classes: Sequenc
     classes = tuple(classes) if classes is not None else tuple(found)
     unknown = sorted(set(found) - set(classes))
     if unknown:
-        raise ValueError(f"{directory} has classes the training split lacks: {', '.join(unknown[:5])}")
+        raise InvalidValueError(f"{directory} has classes the training split lacks: {', '.join(unknown[:5])}")
     files, labels = [], []
     for label, name in enumerate(classes):
         folder = directory / name

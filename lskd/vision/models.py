@@ -6,6 +6,7 @@ from typing import Callable
 
 from torch import nn
 
+from lskd.errors import InvalidValueError
 from lskd.vision.binary import binary_resnet
 from lskd.vision.resnet import cifar_resnet
 
@@ -18,5 +19,5 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 
 def build_model(name: str, num_classes: int, in_channels: int, width: int = 16) -> nn.Module:
     if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; known: {', '.join(sorted(MODELS))}")
+        raise InvalidValueError(f"unknown model {name!r}; known: {', '.join(sorted(MODELS))}")
     return MODELS[name](num_classes=num_classes, in_channels=in_channels, width=width)

@@ -11,6 +11,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from lskd.errors import InvalidValueError
+
 
 def conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
@@ -35,7 +37,7 @@ class BasicBlock(nn.Module):
 
 def blocks_per_stage(depth: int) -> int:
     if depth < 8 or (depth - 2) % 6:
-        raise ValueError(f"a CIFAR-style ResNet has depth 6n + 2 (8, 14, 20, 32, ...), got {depth}")
+        raise InvalidValueError(f"a CIFAR-style ResNet has depth 6n + 2 (8, 14, 20, 32, ...), got {depth}")
     return (depth - 2) // 6
 
 
