@@ -216,9 +216,10 @@ def _against_teacher(student: SystemRow, rows: list[SystemRow]) -> str | None:
     speeds, sizes = (student.engine_speed(INT8), teacher.engine_speed(INT8)), (student.int8_megabytes, teacher.int8_megabytes)
     if None in speeds or None in sizes or not teacher.bleu:
         return None
+    bleu = statistics.mean(student.bleu), statistics.mean(teacher.bleu)
+    share = f"at {100 * bleu[0] / bleu[1]:.0f} % of its BLEU" if bleu[1] > 0 else f"at BLEU {bleu[0]:.2f} to its {bleu[1]:.2f}"
     return (f"{student.system}: {speeds[0] / speeds[1]:.1f} x faster and {sizes[1] / sizes[0]:.1f} x smaller than its "
-            f"teacher {teacher.system}, at {100 * statistics.mean(student.bleu) / statistics.mean(teacher.bleu):.0f} % "
-            f"of its BLEU (CTranslate2 int8, 1 thread; BLEU with fairseq)")
+            f"teacher {teacher.system}, {share} (CTranslate2 int8, 1 thread; BLEU with fairseq)")
 
 
 def _ls_gap(members: list[SystemRow]) -> str:

@@ -4,7 +4,7 @@
 teacher or an ensemble (probabilities averaged), fairseq's ``SequenceGenerator`` with
 ``fairseq-generate``'s settings, and ``fairseq-generate``'s batches: the split in the order of
 fairseq's batch iterator (by source length, then target length; seed 1), cut into groups of
-``batch_size``. Decoding the whole split therefore gives ``fairseq-generate
+``batch_size`` (and of ``max_batch_tokens``, if given). Decoding the whole split therefore gives ``fairseq-generate
 --required-batch-size-multiple 1``'s hypotheses exactly (the length limit ``a * S + b`` depends on
 the batch's longest source S, so batch composition matters); a subset of ids (a chunk of a
 distillation) keeps that order.
@@ -22,7 +22,8 @@ import torch
 
 from lskd.checkpoint import CheckpointError
 from lskd.ctranslate2_engine import CTranslate2Engine, load_export
-from lskd.decoding import DecodingOptions, EngineSettings, Hypothesis, Progress, TranslationEngine, refuse_ensemble
+from lskd.decoding import (DecodingOptions, EngineSettings, Hypothesis, Progress, TranslationEngine, length_batches,
+                           refuse_ensemble)
 from lskd.prepared import PreparedData
 from lskd.provenance import sha256_file
 
@@ -32,6 +33,8 @@ GENERATE_SEED = 1
 
 class FairseqEngine:
     """fairseq's beam search over ``split`` of ``data`` with the teacher(s) at ``teacher_path`` (``a.pt:b.pt``)."""
+
+    name = "fairseq"
 
     def __init__(self, data: PreparedData, split: str, teacher_path: str, options: DecodingOptions,
                  device: str = "cpu", max_source_tokens: int | None = None):
@@ -70,18 +73,16 @@ class FairseqEngine:
     def source_tokens(self, sentence_id: int) -> int:
         return int(self.dataset.src_sizes[sentence_id])
 
-    name = "fairseq"
-
     @torch.no_grad()
     def translate(self, ids: Sequence[int], progress: Progress | None = None) -> dict[int, list[Hypothesis]]:
         from fairseq import utils
 
         wanted = set(ids)
-        ordered = [i for i in self.order if i in wanted]
-        size = self.options.batch_size
+        ordered = [i for i in self.order if i in wanted]  # by source length already: the sort keeps this order
         results: dict[int, list[Hypothesis]] = {}
-        for start in range(0, len(ordered), size):
-            sample = self.dataset.collater([self.dataset[i] for i in ordered[start:start + size]])
+        for batch in length_batches(ordered, self.dataset.src_sizes, self.options.batch_size,
+                                    self.options.max_batch_tokens):
+            sample = self.dataset.collater([self.dataset[i] for i in batch])
             if self.device.type == "cuda":
                 sample = utils.move_to_cuda(sample, self.device)
             began = time.perf_counter()

@@ -70,7 +70,7 @@ class Hypothesis:
 
 @dataclass(frozen=True)
 class EngineSettings:
-    """Which engine decodes, and how it runs (nothing here changes what a float32 engine outputs).
+    """Which engine decodes, on which device, with how many threads.
 
     ``quantization``: CTranslate2's weight type (``None``: the given export's, else float32);
     ``ctranslate2_model``: an ``lskd-export`` directory (``None``: the export kept next to the

@@ -173,6 +173,9 @@ def test_report_has_size_and_speed_columns_a_line_per_student_and_the_trade_off_
                                        "of its BLEU (CTranslate2 int8, 1 thread; BLEU with fairseq)")
     text = write_report(tmp_path).read_text()
     assert "![bleu_vs_words_per_second](plots/bleu_vs_words_per_second.png)" in text
+    fake_bleu(tmp_path / "teacher_ls0.1" / "eval" / "bleu-test.json", 0.0, teacher, "a")  # an untrained teacher
+    assert summary_lines(build_rows(tmp_path))[-1].startswith("student: 3.0 x faster and 4.0 x smaller than its "
+                                                              "teacher teacher_ls0.1, at BLEU 15.00 to its 0.00 (")
     assert (tmp_path / "plots" / "bleu_vs_words_per_second.png").stat().st_size > 1000
     assert "- speed: checkpoint `/ckpt/b.pt`" in text and "ct2-int8 x 2" in text
 
