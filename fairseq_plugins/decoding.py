@@ -4,10 +4,13 @@
 teacher or an ensemble (probabilities averaged), fairseq's ``SequenceGenerator`` with
 ``fairseq-generate``'s settings, and ``fairseq-generate``'s batches: the split in the order of
 fairseq's batch iterator (by source length, then target length; seed 1), cut into groups of
-``batch_size`` (and of ``max_batch_tokens``, if given). Decoding the whole split therefore gives ``fairseq-generate
---required-batch-size-multiple 1``'s hypotheses exactly (the length limit ``a * S + b`` depends on
-the batch's longest source S, so batch composition matters); a subset of ids (a chunk of a
-distillation) keeps that order.
+``batch_size`` (and of ``max_batch_tokens``, if given). Decoding the whole split therefore gives
+``fairseq-generate --required-batch-size-multiple 1``'s hypotheses exactly (tested). Both the
+batches and the order within them matter: the length limit ``a * S + b`` depends on the batch's
+longest source S, and a sentence's row in the batched matrix products changes their float
+rounding, which flips near-ties of a weak model (sorting by length and id alone, with the same
+batch boundaries, was measured to change hypotheses). A subset of ids (a chunk of a distillation)
+keeps that order.
 
 :func:`open_engine` opens the engine a command asks for: fairseq on the checkpoint(s), or
 CTranslate2 on an export of the checkpoint (:mod:`fairseq_plugins.ctranslate2_export`).
