@@ -38,7 +38,6 @@ def test_lskd_debug_shows_the_traceback_and_a_bug_is_never_hidden(monkeypatch):
     ["data_prep.distill", "--data", "no-such-dir", "--teacher-path", "t.pt", "--out", "out"],
     ["eval.export", "--checkpoint", "no.pt", "--data", "no-such-dir", "--out", "out"],
     ["eval.cli", "speed", "--checkpoint", "no.pt", "--data", "no-such-dir", "--out", "out"],
-    ["eval.cli", "bleu", "--checkpoint", "no.pt", "--data", "no-such-dir", "--out", "out", "--engine", "ctranslate2"],
     ["data_prep.cli", "text", "--src", "de", "--tgt", "en", "--train", "no/train", "--valid", "no/valid",
      "--test", "no/test", "--out", "out"],
 ])
