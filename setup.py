@@ -27,7 +27,7 @@ setup(
     # pyyaml: its YAML errors; tensorboardX: its TensorBoard logs (writes event files with
     # protobuf alone, where torch.utils.tensorboard needs the whole tensorboard package); Pillow: image folders
     install_requires=[TORCH, *FAIRSEQ, "sacrebleu>=2.3,<3", "sacremoses>=0.1", "sentencepiece>=0.2",
-                      "numpy", "tqdm", "omegaconf>=2.3,<2.4", "pyyaml>=6", "tensorboardX>=2.6", "Pillow>=9.1"],
+                      "numpy", "tqdm", "omegaconf>=2.3,<2.4", "pyyaml>=6", "ctranslate2>=4.5,<5", "tensorboardX>=2.6", "Pillow>=9.1"],
     extras_require={"plots": ["matplotlib>=3.7"], "test": ["pytest>=8", "matplotlib>=3.7"]},
     entry_points={
         "console_scripts": [
@@ -38,6 +38,7 @@ setup(
             "lskd-distill-corpus=data_prep.distill:main",
             "lskd-train=lskd.train.cli:main",
             "lskd-vision-project=eval.vision_project:main",
+            "lskd-export=eval.export:main",
         ]
     },
 )

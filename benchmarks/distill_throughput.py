@@ -22,6 +22,8 @@ import warnings
 import tempfile
 from pathlib import Path
 
+from quickstart_teacher import add_teacher_arguments, parse_with_teacher  # benchmarks/, the script's folder
+
 REPO = Path(__file__).resolve().parent.parent
 logging.disable(logging.WARNING)  # fairseq/hydra chatter would bury the ratios
 warnings.filterwarnings("ignore")
@@ -51,15 +53,11 @@ def distiller(checkpoint: Path, data: Path, split: str, beam: int, batch: int) -
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", type=Path, default=REPO / "runs/quickstart/teacher_ls0.1/checkpoint_last.pt")
-    parser.add_argument("--data", type=Path, default=REPO / "data/bible-de-en-4k")
-    parser.add_argument("--split", default="test")
+    add_teacher_arguments(parser)
     parser.add_argument("--beam", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=2)
-    args = parser.parse_args()
-    if not args.checkpoint.is_file():
-        sys.exit(f"{args.checkpoint} not found: run `bash recipes/quickstart.sh` or pass --checkpoint/--data")
+    args = parse_with_teacher(parser)
     rates = {"fairseq-generate (beam search)": [], "lskd-distill-corpus (beam search)": [],
              "lskd-distill-corpus (whole loop)": []}
     for _ in range(args.rounds):

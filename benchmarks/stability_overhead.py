@@ -15,25 +15,20 @@ import statistics
 import sys
 import warnings
 import time
-from pathlib import Path
 
 import torch
+from quickstart_teacher import add_teacher_arguments, parse_with_teacher  # benchmarks/, the script's folder
 
-REPO = Path(__file__).resolve().parent.parent
 logging.disable(logging.WARNING)  # fairseq/hydra chatter would bury the ratios
 warnings.filterwarnings("ignore")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", type=Path, default=REPO / "runs/quickstart/teacher_ls0.1/checkpoint_last.pt")
-    parser.add_argument("--data", type=Path, default=REPO / "data/bible-de-en-4k")
-    parser.add_argument("--split", default="test")
+    add_teacher_arguments(parser)
     parser.add_argument("--max-classes", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
-    if not args.checkpoint.is_file():
-        sys.exit(f"{args.checkpoint} not found: run `bash recipes/quickstart.sh` or pass --checkpoint/--data")
+    args = parse_with_teacher(parser)
 
     from eval.analysis import checked_lengths, most_frequent_gold_classes
     from fairseq_plugins.tasks import split_batches, task_and_model

@@ -1,11 +1,13 @@
 """``lskd-distill-corpus``: sequence-level KD data (Kim & Rush 2016) from a teacher or an ensemble.
 
-The teacher beam-decodes every source sentence of a split of a ``lskd-prepare`` directory; the
-outputs are written as a parallel corpus and binarized with the *original* dictionaries, ready for
-``fairseq-train``. Nothing is lost silently:
+The teacher beam-decodes every source sentence of a split of a ``lskd-prepare`` directory, with
+fairseq (``--engine fairseq``, the default; ensembles) or CTranslate2 (``--engine ctranslate2``,
+several times faster on CPU; :mod:`lskd.decoding`); the outputs are written as a parallel corpus
+and binarized with the *original* dictionaries, ready for ``fairseq-train``. Nothing is lost
+silently:
 
-* sentences are batched here, by id, so no tail batch can be dropped; outputs are mapped back by
-  id and the merge fails naming any id without exactly one output;
+* sentences are asked for by id, so no tail batch can be dropped; outputs are mapped back by id
+  and the merge fails naming any id without exactly one output;
 * a source longer than the teacher accepts is handled by an explicit policy (``copy-reference``
   or ``drop``), counted in the manifest;
 * work is split into chunks of sentence ids, each written atomically: a killed run resumes from
@@ -27,11 +29,11 @@ from pathlib import Path
 from typing import Any
 
 import sacrebleu
-import torch
-from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from lskd.corpus import CorpusError, read_lines, write_lines
+from lskd.decoding import (DecodingOptions, EngineSettings, Hypothesis, TranslationEngine, add_engine_arguments,
+                           engine_settings, is_too_long, refuse_ensemble)
 from lskd.errors import console_script
 from lskd.prepared import PreparedData, load_prepared
 from lskd.provenance import provenance, sha256_file, write_json
@@ -56,6 +58,12 @@ class DistillOptions:
     max_source_tokens: int | None = None
     teacher_sha256: tuple[str, ...] = ()
     bleu_tokenize: str = DEFAULT_TOKENIZER  # sacrebleu's, for the target language (Seq-Inter's sentence BLEU)
+    engine: str = "fairseq"
+    quantization: str | None = None  # CTranslate2's weight type; None for fairseq (float32)
+
+    def decoding(self, batch_size: int) -> DecodingOptions:
+        return DecodingOptions(beam=self.beam, lenpen=self.lenpen, max_len_a=self.max_len_a,
+                               max_len_b=self.max_len_b, nbest=self.nbest, batch_size=batch_size)
 
 
 def chunk_ranges(total: int, chunk_size: int) -> list[tuple[int, int]]:
@@ -73,55 +81,6 @@ def chunk_path(out: Path, start: int, end: int) -> Path:
     return out / "chunks" / f"{start:09d}-{end:09d}.jsonl"
 
 
-class Decoder:
-    """A fairseq task, the teacher(s) and a beam-search generator over one binarized split."""
-
-    def __init__(self, bin_dir: Path, src: str, tgt: str, teacher_path: str, options: DistillOptions, device: str):
-        from fairseq import utils
-        from fairseq.dataclass.configs import GenerationConfig
-
-        from fairseq_plugins.tasks import translation_task
-        from fairseq_plugins.teacher import load_teachers
-
-        self.task = translation_task(bin_dir, src, tgt)
-        self.models, self.infos = load_teachers(teacher_path, self.task)
-        self.device = torch.device(device)
-        self.models = [m.to(self.device) for m in self.models]
-        for model in self.models:  # as fairseq-generate does: beam-aware encoder-decoder attention
-            model.prepare_for_inference_(OmegaConf.create({"generation": {"beam": options.beam}}))
-        self.generator = self.task.build_generator(self.models, GenerationConfig(
-            beam=options.beam, lenpen=options.lenpen, max_len_a=options.max_len_a, max_len_b=options.max_len_b,
-            nbest=options.nbest))
-        self.task.load_dataset(options.split)
-        self.dataset = self.task.dataset(options.split)
-        accepted = utils.resolve_max_positions(self.task.max_positions(), *[m.max_positions() for m in self.models])[0]
-        self.max_source = min(accepted, options.max_source_tokens or accepted)
-        self.options = options
-        self.generate_seconds = 0.0  # time inside beam search alone, comparable to fairseq-generate's timer
-
-    def too_long(self, sentence_id: int) -> bool:
-        return int(self.dataset.src_sizes[sentence_id]) > self.max_source
-
-    @torch.no_grad()
-    def decode(self, ids: list[int], batch_size: int) -> dict[int, list[tuple[str, float]]]:
-        """{id: [(SentencePiece-piece string, score), ... n-best]} for decodable ids, longest first."""
-        from fairseq import utils
-
-        ids = sorted(ids, key=lambda i: -int(self.dataset.src_sizes[i]))
-        results = {}
-        for start in range(0, len(ids), batch_size):
-            sample = self.dataset.collater([self.dataset[i] for i in ids[start:start + batch_size]])
-            if self.device.type == "cuda":
-                sample = utils.move_to_cuda(sample, self.device)
-            began = time.perf_counter()
-            hypos = self.task.inference_step(self.generator, self.models, sample)
-            self.generate_seconds += time.perf_counter() - began
-            for sid, nbest in zip(sample["id"].tolist(), hypos):
-                results[sid] = [(self.task.target_dictionary.string(h["tokens"].int().cpu()), float(h["score"]))
-                                for h in nbest[: self.options.nbest]]
-        return results
-
-
 def decode_pieces(spm_model: Path):
     import sentencepiece as spm
 
@@ -129,30 +88,30 @@ def decode_pieces(spm_model: Path):
     return lambda pieces: processor.decode_pieces(pieces.split())
 
 
-def choose(nbest: list[tuple[str, float]], reference: str, detok, sentence_bleu: sacrebleu.BLEU | None) -> str:
+def choose(nbest: list[Hypothesis], reference: str, detok, sentence_bleu: sacrebleu.BLEU | None) -> str:
     """The kept hypothesis: the best-scoring one, or with Seq-Inter (``sentence_bleu``, a sentence-level
     BLEU tokenized for the target language) the one closest to the reference."""
     if sentence_bleu is None or len(nbest) == 1:
-        return nbest[0][0]
-    return max(nbest, key=lambda h: sentence_bleu.sentence_score(detok(h[0]), [reference]).score)[0]
+        return nbest[0].pieces
+    return max(nbest, key=lambda h: sentence_bleu.sentence_score(detok(h.pieces), [reference]).score).pieces
 
 
-def run_chunks(decoder: Decoder, out: Path, chunks: list[tuple[int, int]], references: list[str], spm_model: Path,
-               batch_size: int, max_chunks: int | None) -> int:
-    """Decode the chunks that have no file yet; returns how many were decoded now."""
+def run_chunks(engine: TranslationEngine, out: Path, chunks: list[tuple[int, int]], references: list[str],
+               spm_model: Path, sentence_bleu: sacrebleu.BLEU | None, max_chunks: int | None) -> int:
+    """Decode the chunks that have no file yet; returns how many were decoded now. ``sentence_bleu``:
+    Seq-Inter's metric (:func:`choose`), None to keep the best-scoring hypothesis."""
     detok = decode_pieces(spm_model)
-    options = decoder.options
-    sentence_bleu = bleu_metric(tokenize=options.bleu_tokenize, sentence=True) if options.seq_inter else None
     todo = [c for c in chunks if not chunk_path(out, *c).is_file()]
     if max_chunks is not None:
         todo = todo[:max_chunks]
     done_sentences = sum(e - s for s, e in chunks) - sum(e - s for s, e in todo)
     progress = tqdm(total=sum(e - s for s, e in chunks), initial=done_sentences, unit="sent", desc="distilling")
     for start, end in todo:
-        began, generated_before = time.perf_counter(), decoder.generate_seconds
+        began, decoded_before = time.perf_counter(), engine.decode_seconds
         ids = list(range(start, end))
-        decodable = [i for i in ids if not decoder.too_long(i)]
-        hypotheses = decoder.decode(decodable, batch_size)
+        decodable = [i for i in ids if not is_too_long(engine, i)]
+        hypotheses = engine.translate(decodable, progress.update)
+        progress.update(len(ids) - len(decodable))
         rows = []
         for i in ids:
             if i in hypotheses:
@@ -163,11 +122,10 @@ def run_chunks(decoder: Decoder, out: Path, chunks: list[tuple[int, int]], refer
         path = chunk_path(out, start, end)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json(path.with_suffix(".time.json"), {"seconds": time.perf_counter() - began, "sentences": len(ids),
-                                                    "generate_seconds": decoder.generate_seconds - generated_before})
+                                                    "generate_seconds": engine.decode_seconds - decoded_before})
         with open(f"{path}.tmp", "w", encoding="utf-8") as handle:
             handle.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
         os.replace(f"{path}.tmp", path)
-        progress.update(len(ids))
     progress.close()
     return len(todo)
 
@@ -189,7 +147,7 @@ def collect(out: Path, total: int, chunk_size: int) -> list[dict]:
 
 
 def merge(data: PreparedData, out: Path, options: DistillOptions, union: bool, workers: int,
-          teacher_infos: list[dict]) -> dict[str, Any]:
+          teacher_infos: list[dict], engine: dict[str, Any]) -> dict[str, Any]:
     """Assemble the distilled split in id order, binarize it with the original dictionaries, write the manifest."""
     src, tgt, split = data.src, data.tgt, options.split
     raw_src, raw_ref = read_lines(data.raw(split, src)), read_lines(data.raw(split, tgt))
@@ -221,6 +179,7 @@ def merge(data: PreparedData, out: Path, options: DistillOptions, union: bool, w
     manifest = {
         "source": {**data.provenance(), "split": split},
         "teachers": teacher_infos,
+        "engine": engine,
         "options": asdict(options) | {"union": union},
         "counts": {"inputs": len(raw_src), "outputs": len(pairs), **counts},
         **_timing(out),
@@ -292,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-len-a", type=float, default=1.2)
     parser.add_argument("--max-len-b", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=64, help="sentences per decoding batch")
+    add_engine_arguments(parser)
     parser.add_argument("--nbest", type=int, default=1, help="hypotheses kept from the beam (<= beam)")
     parser.add_argument("--seq-inter", action="store_true",
                         help="keep, of the n-best, the hypothesis with the highest sentence BLEU against the reference")
@@ -309,13 +269,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-chunks", type=int, help="stop after decoding this many chunks (resume later)")
     parser.add_argument("--workers", type=int, default=2, help="fairseq-preprocess workers")
     parser.add_argument("--overwrite", action="store_true", help="discard a distillation made with other options")
-    parser.add_argument("--gpu", action="store_true")
     return parser
 
 
 @console_script("lskd-distill-corpus")
 def main(argv: list[str] | None = None) -> int:
-    from fairseq_plugins.teacher import TeacherError, split_teacher_paths
+    from fairseq_plugins.teacher import TeacherError, describe_teachers, split_teacher_paths
 
     args = build_parser().parse_args(argv)
     data = load_prepared(args.data)
@@ -323,6 +282,9 @@ def main(argv: list[str] | None = None) -> int:
         raise CorpusError(f"--nbest {args.nbest} must be between 1 and --beam {args.beam}")
     if args.seq_inter and args.nbest < 2:
         raise CorpusError("--seq-inter chooses among the n-best: give --nbest 2 or more")
+    settings = engine_settings(args)
+    if settings.engine == "ctranslate2":
+        refuse_ensemble(args.teacher_path)
     teacher_paths = [os.path.abspath(p) for p in split_teacher_paths(args.teacher_path)]
     missing = [p for p in teacher_paths if not os.path.isfile(p)]
     if missing:  # before anything is written to --out
@@ -333,16 +295,18 @@ def main(argv: list[str] | None = None) -> int:
                              max_len_b=args.max_len_b, nbest=args.nbest, seq_inter=args.seq_inter,
                              too_long=args.too_long, chunk_size=args.chunk_size,
                              max_source_tokens=args.max_source_tokens, teacher_sha256=teacher_sha,
-                             bleu_tokenize=bleu_tokenizer(data.tgt, args.tokenize))
+                             bleu_tokenize=bleu_tokenizer(data.tgt, args.tokenize),
+                             engine=settings.engine, quantization=_quantization(settings))
     _check_options(args.out, options, args.overwrite)
     total = data.sentences(args.split)
     chunks = chunk_ranges(total, args.chunk_size)
     mine = shard_chunks(chunks, args.num_shards, args.shard_id)
-    decoder = None
     if any(not chunk_path(args.out, *c).is_file() for c in mine):
-        decoder = Decoder(data.bin_dir, data.src, data.tgt, args.teacher_path, options, "cuda" if args.gpu else "cpu")
+        engine = _open_engine(settings, data, args, options)
+        write_json(args.out / "engine.json", engine.describe())
         references = read_lines(data.raw(args.split, data.tgt))
-        run_chunks(decoder, args.out, mine, references, data.spm_model, args.batch_size, args.max_chunks)
+        sentence_bleu = bleu_metric(tokenize=options.bleu_tokenize, sentence=True) if options.seq_inter else None
+        run_chunks(engine, args.out, mine, references, data.spm_model, sentence_bleu, args.max_chunks)
     left = [c for c in chunks if not chunk_path(args.out, *c).is_file()]
     if left:
         print(f"[lskd-distill-corpus] {len(chunks) - len(left)} of {len(chunks)} chunks done; run again (or the other "
@@ -355,9 +319,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[lskd-distill-corpus] {lock} exists: another process is merging (delete it if none is)", flush=True)
         return 0
     try:
-        infos = [asdict(i) for i in decoder.infos] if decoder else [{"path": p, "sha256": s} for p, s in
-                                                                   zip(teacher_paths, teacher_sha)]
-        manifest = merge(data, args.out, options, args.union, args.workers, infos)
+        infos = [asdict(i) for i in describe_teachers(args.teacher_path)]
+        engine_json = args.out / "engine.json"
+        engine_record = (json.loads(engine_json.read_text(encoding="utf-8")) if engine_json.is_file()
+                         else {"engine": options.engine, "quantization": options.quantization})
+        manifest = merge(data, args.out, options, args.union, args.workers, infos, engine_record)
     finally:
         lock.unlink(missing_ok=True)
     c = manifest["counts"]
@@ -366,6 +332,31 @@ def main(argv: list[str] | None = None) -> int:
           f"{c.get('too_long_dropped', 0)} dropped); distilled vs reference "
           f"BLEU {manifest['distilled_vs_reference']['bleu']}; data in {args.out / 'bin'}", flush=True)
     return 0
+
+
+def _quantization(settings: EngineSettings) -> str | None:
+    """The weight type the distillation decodes with, recorded with its options (None: fairseq's float32)."""
+    if settings.engine == "fairseq":
+        return None
+    if settings.quantization:
+        return settings.quantization
+    if settings.ctranslate2_model:
+        from lskd.ctranslate2_engine import load_export
+
+        return load_export(settings.ctranslate2_model).quantization
+    return "float32"
+
+
+def _open_engine(settings: EngineSettings, data: PreparedData, args: argparse.Namespace,
+                 options: DistillOptions) -> TranslationEngine:
+    from fairseq_plugins.decoding import open_engine
+
+    if settings.engine == "fairseq" and settings.threads:
+        import torch
+
+        torch.set_num_threads(settings.threads)
+    return open_engine(settings, data, args.split, args.teacher_path, options.decoding(args.batch_size),
+                       options.max_source_tokens)
 
 
 if __name__ == "__main__":

@@ -1,50 +1,29 @@
-"""Translate a split with ``fairseq-generate`` and score it with sacrebleu against raw references.
+"""Translate a split with a decoding engine and score it with sacrebleu against raw references.
 
 The references are the untouched raw target lines recorded by ``lskd-prepare``; the hypotheses
-are SentencePiece-decoded. Nothing is scored unless every reference has exactly one hypothesis,
-in order: fairseq silently drops a tail batch unless ``--required-batch-size-multiple 1``.
-A sentence pair longer than the model accepts (which ``fairseq-generate`` refuses) stops the run,
-naming it, unless the ``skip`` policy leaves it out: the record then says which and how many.
+are SentencePiece-decoded as ``fairseq-generate --post-process sentencepiece`` does. The fairseq
+engine decodes in ``fairseq-generate``'s batches, so its BLEU is ``fairseq-generate``'s
+(:mod:`fairseq_plugins.decoding`). Nothing is scored unless every reference has exactly one
+hypothesis, in order. A sentence pair longer than the model accepts stops the run, naming it,
+unless the ``skip`` policy leaves it out: the record then says which and how many.
 """
 from __future__ import annotations
 
-import io
 import json
-import subprocess
-import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
 
 import sacrebleu
+from tqdm import tqdm
 
 from lskd.checkpoint import CheckpointError
-from lskd.corpus import CorpusError, iter_lines, read_lines, write_lines
-from lskd.errors import LSKDError, name_ids
+from lskd.corpus import CorpusError, read_lines, write_lines
+from lskd.decoding import DecodingOptions, EngineSettings, pieces_to_text
+from lskd.errors import name_ids
 from lskd.prepared import load_prepared
 from lskd.provenance import provenance, sha256_file, write_json
 from lskd.scoring import bleu_metric, corpus_metrics
-
-
-class DecodingError(LSKDError, RuntimeError):
-    """fairseq-generate failed; the message gives its last line and where its full log is."""
-
-
-@dataclass(frozen=True)
-class DecodeOptions:
-    beam: int = 5
-    lenpen: float = 1.0
-    batch_size: int = 64
-    max_len_a: float = 1.2
-    max_len_b: int = 10
-    cpu: bool = True
-
-
-def plugin_dir() -> str:
-    """Absolute path of the ``fairseq_plugins`` user dir (its import makes checkpoints load safely)."""
-    import fairseq_plugins
-
-    return str(Path(fairseq_plugins.__file__).resolve().parent)
 
 
 def score(hypotheses: list[str], references: list[str], tgt_lang: str | None = None,
@@ -95,33 +74,6 @@ def score_files(hypothesis_file: str | Path, reference_file: str | Path, tgt_lan
             f"{hypothesis_file} has {len(hypotheses)} lines but {reference_file} has {len(references)}"
         )
     return score(hypotheses, references, tgt_lang, tokenize)
-
-
-def generate(checkpoint: Path, bin_dir: Path, split: str, options: DecodeOptions, log_path: Path,
-             skip_too_long: bool = False) -> dict[int, str]:
-    """Run fairseq-generate; return {sentence id: detokenized hypothesis}. ``skip_too_long``: leave out the
-    sentences longer than the model accepts (fairseq's ``--skip-invalid-size-inputs-valid-test``)."""
-    command = [
-        sys.executable, "-m", "fairseq_cli.generate", str(bin_dir),
-        "--user-dir", plugin_dir(),
-        "--path", str(checkpoint), "--gen-subset", split,
-        "--beam", str(options.beam), "--lenpen", str(options.lenpen),
-        "--batch-size", str(options.batch_size), "--required-batch-size-multiple", "1",
-        "--max-len-a", str(options.max_len_a), "--max-len-b", str(options.max_len_b),
-        "--post-process", "sentencepiece", "--num-workers", "0",
-    ] + (["--cpu"] if options.cpu else []) + (["--skip-invalid-size-inputs-valid-test"] if skip_too_long else [])
-    with open(log_path, "w", encoding="utf-8") as log:
-        result = subprocess.run(command, stdout=subprocess.PIPE, stderr=log)
-    if result.returncode != 0:
-        lines = [line for line in log_path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
-        raise DecodingError(f"fairseq-generate failed (exit {result.returncode}): {lines[-1] if lines else 'no output'}; "
-                            f"full log: {log_path}")
-    hypotheses = {}
-    for line in iter_lines(io.BytesIO(result.stdout), "fairseq-generate output"):
-        if line.startswith("D-"):
-            ident, _, text = line.split("\t", 2)
-            hypotheses[int(ident[2:])] = text
-    return hypotheses
 
 
 def ordered(hypotheses: dict[int, str], expected: Sequence[int]) -> list[str]:
@@ -193,20 +145,26 @@ def _distillation_manifest(bin_dir: str) -> dict[str, Any] | None:
     return json.loads(manifest.read_text(encoding="utf-8"))
 
 
-def evaluate(checkpoint: Path, data_dir: Path, split: str, out_dir: Path, options: DecodeOptions,
-             tokenize: str | None = None, too_long: str = "error") -> dict[str, Any]:
+def evaluate(checkpoint: Path, data_dir: Path, split: str, out_dir: Path, options: DecodingOptions,
+             settings: EngineSettings = EngineSettings(), tokenize: str | None = None,
+             too_long: str = "error") -> dict[str, Any]:
     """Decode ``split`` of a ``lskd-prepare`` directory and write hypotheses plus a JSON record.
 
+    The fairseq engine writes ``bleu-SPLIT.json`` and ``SPLIT.hyp.TGT`` (the report's BLEU: equal to
+    ``fairseq-generate``'s); another engine adds its name, e.g. ``bleu-SPLIT-ctranslate2-int8.json``.
     BLEU is tokenized for the data's target language (``prep.json``), or by ``tokenize``. Sentence
     pairs longer than the model accepts stop it (:class:`lskd.too_long.TooLongError`, naming them)
     unless ``too_long="skip"``: they are then left out of decoding and scoring, and the record's
     ``too_long``, ``sentences`` and ``warnings`` say so; the scored references are written next to
     the hypotheses.
     """
+    from fairseq_plugins.decoding import open_engine
     from fairseq_plugins.tasks import check_lengths, task_and_model
 
     data = load_prepared(data_dir)
     corpus_metrics(data.tgt, tokenize)  # a tokenizer that cannot run fails now, not after decoding
+    if ":" in str(checkpoint):
+        raise CheckpointError(f"lskd-eval bleu scores one checkpoint, not the ensemble {checkpoint}")
     if not checkpoint.is_file():
         raise CheckpointError(f"checkpoint not found: {checkpoint}")
     system = describe_system(checkpoint)  # reads it safely first: a refused checkpoint is never decoded
@@ -222,16 +180,17 @@ def evaluate(checkpoint: Path, data_dir: Path, split: str, out_dir: Path, option
     skipped = set(lengths.too_long)
     scored_ids = [i for i in range(lengths.sentences) if i not in skipped]
     references = [all_references[i] for i in scored_ids]
+    engine = open_engine(settings, data, split, str(checkpoint), options)
+    with tqdm(total=len(scored_ids), unit="sent", desc=f"translating {split} ({engine.name})") as progress:
+        hypotheses = ordered({i: pieces_to_text(nbest[0].pieces)
+                              for i, nbest in engine.translate(scored_ids, progress.update).items()}, scored_ids)
     out_dir.mkdir(parents=True, exist_ok=True)
-    hypotheses = ordered(
-        generate(checkpoint, data.bin_dir, split, options, out_dir / f"generate-{split}.log", bool(skipped)),
-        scored_ids,
-    )
-    hypothesis_file = out_dir / f"{split}.hyp.{tgt}"
+    suffix = "" if engine.name == "fairseq" else f"-{engine.name}"
+    hypothesis_file = out_dir / f"{split}{suffix}.hyp.{tgt}"
     write_lines(hypothesis_file, hypotheses)
     references_file = data.raw(split, tgt)
     if skipped:
-        references_file = out_dir / f"{split}.ref.{tgt}"
+        references_file = out_dir / f"{split}{suffix}.ref.{tgt}"
         write_lines(references_file, references)
     record = {
         "scores": score(hypotheses, references, tgt, tokenize),
@@ -246,9 +205,11 @@ def evaluate(checkpoint: Path, data_dir: Path, split: str, out_dir: Path, option
         "system": system,
         "data": data.provenance(),
         "decoding": asdict(options),
+        "engine": engine.describe(),
+        "decode_seconds": round(engine.decode_seconds, 3),
         **provenance(),
     }
-    write_json(out_dir / f"bleu-{split}.json", record)
+    write_json(out_dir / f"bleu-{split}{suffix}.json", record)
     return record
 
 

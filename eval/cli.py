@@ -6,8 +6,10 @@ import json
 import sys
 from pathlib import Path
 
-from eval.bleu import DecodeOptions, evaluate, format_table, paired_bootstrap, score_files
+from eval.bleu import evaluate, format_table, paired_bootstrap, score_files
 from lskd.corpus import read_lines
+from eval.speed import DEFAULT_ENGINES
+from lskd.decoding import QUANTIZATIONS, DecodingOptions, add_engine_arguments, engine_settings
 from lskd.errors import console_script
 from lskd.scoring import TOKENIZERS
 from lskd.too_long import TOO_LONG_POLICIES
@@ -40,10 +42,31 @@ def build_parser() -> argparse.ArgumentParser:
     bleu.add_argument("--out", required=True, type=Path, help="directory for the hypotheses and bleu-SPLIT.json")
     bleu.add_argument("--beam", type=int, default=5)
     bleu.add_argument("--lenpen", type=float, default=1.0)
+    bleu.add_argument("--max-len-a", type=float, default=1.2)
+    bleu.add_argument("--max-len-b", type=int, default=10)
     bleu.add_argument("--batch-size", type=int, default=64)
-    bleu.add_argument("--gpu", action="store_true", help="decode on the GPU (default: --cpu)")
+    add_engine_arguments(bleu)
     add_too_long(bleu, "decoding and scoring")
     add_tokenize(bleu, tgt_lang=False)  # the target language is prep.json's
+
+
+    speed = commands.add_parser("speed", help="words/s, latency, memory and size of a checkpoint with each engine")
+    speed.add_argument("--checkpoint", required=True, type=Path, help="fairseq checkpoint (.pt)")
+    speed.add_argument("--data", required=True, type=Path, help="directory made by lskd-prepare")
+    speed.add_argument("--split", default="test")
+    speed.add_argument("--out", required=True, type=Path, help="directory for speed-SPLIT.json")
+    speed.add_argument("--engines", nargs="+", default=list(DEFAULT_ENGINES),
+                       help="fairseq and/or ct2-QUANT, QUANT one of " + ", ".join(QUANTIZATIONS)
+                            + " (default: " + " ".join(DEFAULT_ENGINES) + ")")
+    speed.add_argument("--threads", nargs="+", type=int, default=[1, 0],
+                       help="thread counts to measure at, 0 = all cores (default: 1 0)")
+    speed.add_argument("--beam", type=int, default=5)
+    speed.add_argument("--lenpen", type=float, default=1.0)
+    speed.add_argument("--batch-size", type=int, default=64)
+    speed.add_argument("--max-batch-tokens", type=int, help="also cap a batch at this many source tokens (padded)")
+    speed.add_argument("--latency-sentences", type=int, default=100,
+                       help="sentences translated one at a time for the latency percentiles (default 100)")
+    speed.add_argument("--gpu", action="store_true")
 
     stability = commands.add_parser("stability", help="stability 1 - S, ECE and entropy of a checkpoint on a split")
     stability.add_argument("--checkpoint", required=True, type=Path)
@@ -122,10 +145,33 @@ def _print_warnings(record: dict) -> None:
 
 
 def _bleu(args: argparse.Namespace) -> None:
-    options = DecodeOptions(beam=args.beam, lenpen=args.lenpen, batch_size=args.batch_size, cpu=not args.gpu)
-    record = evaluate(args.checkpoint, args.data, args.split, args.out, options, args.tokenize, args.too_long)
+    options = DecodingOptions(beam=args.beam, lenpen=args.lenpen, max_len_a=args.max_len_a, max_len_b=args.max_len_b,
+                              batch_size=args.batch_size)
+    settings = engine_settings(args)
+    if settings.engine == "fairseq" and settings.threads:
+        import torch
+
+        torch.set_num_threads(settings.threads)
+    record = evaluate(args.checkpoint, args.data, args.split, args.out, options, settings, args.tokenize, args.too_long)
     _print_scores(record["scores"])
     _print_warnings(record)
+
+
+def _speed(args: argparse.Namespace) -> None:
+    from eval.speed import measure_speed
+
+    options = DecodingOptions(beam=args.beam, lenpen=args.lenpen, batch_size=args.batch_size,
+                              max_batch_tokens=args.max_batch_tokens)
+    record = measure_speed(args.checkpoint, args.data, args.split, args.out, options, args.engines, args.threads,
+                           args.latency_sentences, args.gpu)
+    print(f"{'engine':12s} {'threads':>7s} {'words/s':>9s} {'sent/s':>8s} {'p50 ms':>8s} {'p90 ms':>8s} "
+          f"{'peak MB':>8s} {'MB disk':>8s} {'BLEU':>6s}")
+    for run in record["runs"]:
+        summary = record["engines"][run["engine"]]
+        print(f"{run['engine']:12s} {run['threads']:7d} {run['words_per_second']:9.1f} {run['sentences_per_second']:8.2f} "
+              f"{run['latency_ms']['p50']:8.1f} {run['latency_ms']['p90']:8.1f} {run['peak_resident_mb']:8.1f} "
+              f"{summary['size_bytes'] / 1e6:8.1f} {summary['bleu']['score']:6.2f}")
+    print(f"record: {args.out / f'speed-{args.split}.json'}")
 
 
 def _score(args: argparse.Namespace) -> None:
@@ -134,7 +180,7 @@ def _score(args: argparse.Namespace) -> None:
     print(json.dumps({k: v["score"] for k, v in scores.items()}))
 
 
-COMMANDS = {"bleu": _bleu, "stability": _stability, "project": _project, "compare": _compare, "table": _table,
+COMMANDS = {"bleu": _bleu, "speed": _speed, "stability": _stability, "project": _project, "compare": _compare, "table": _table,
             "score": _score}
 
 

@@ -1,8 +1,11 @@
 """``lskd-report RUN_DIR``: the JSON records of a run as a markdown report with plots and provenance.
 
-NMT rows are systems: every ``bleu-*.json`` under RUN_DIR, grouped by its directory name with a
-trailing ``_seedN`` removed, so seeds of one setting become one row with mean +- sd. A teacher's
-stability record (``stability-*.json``, matched by checkpoint sha256) fills its ``1 - S`` and ECE.
+NMT rows are systems: every ``bleu-*.json`` of the fairseq engine under RUN_DIR, grouped by its
+directory name with a trailing ``_seedN`` removed, so seeds of one setting become one row with
+mean +- sd. A teacher's stability record (``stability-*.json``, matched by checkpoint sha256) fills
+its ``1 - S`` and ECE; a speed record (``speed-*.json``, from ``lskd-eval speed``) its parameters,
+size, words/s and int8 BLEU, the summary's "N x faster and M x smaller than its teacher" lines and
+the picture of BLEU against words/s.
 A run directory of ``lskd-train`` image-classification runs gets :mod:`eval.vision_report`'s report.
 """
 from __future__ import annotations
@@ -15,9 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from eval.bleu import paired_bootstrap
 from eval.report_layout import assemble_report, fmt, load_records, mean_sd, plot_against_temperature, system_name
 from eval.vision_report import write_classification_report
+from lskd.corpus import read_lines
 from lskd.errors import LSKDError, console_script
+
+#: the engine whose speed and size the report compares (``lskd-eval speed --engines ... ct2-int8``)
+INT8 = "ct2-int8"
 
 
 @dataclass
@@ -39,6 +47,25 @@ class SystemRow:
     ece: list[float] = field(default_factory=list)
     provenance: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # what its records could not establish or left out
+    checkpoints: set[str] = field(default_factory=set)  # resolved paths of the scored checkpoints
+    teacher_checkpoints: set[str] = field(default_factory=set)  # resolved paths of what it learned from
+    speed: dict[str, Any] | None = None  # its lskd-eval speed record (the first seed's)
+    int8_bleu: list[float] = field(default_factory=list)  # BLEU with CTranslate2 int8
+
+    def engine_speed(self, engine: str, threads: int = 1) -> float | None:
+        """Source words/s with ``engine`` (``fairseq``, ``ct2-int8``) at ``threads``, if measured."""
+        runs = (self.speed or {}).get("runs", [])
+        return next((r["words_per_second"] for r in runs if r["engine"] == engine and r["threads"] == threads), None)
+
+    @property
+    def parameters(self) -> int | None:
+        engines = (self.speed or {}).get("engines", {})
+        return next((e["parameters"] for e in engines.values()), None)
+
+    @property
+    def int8_megabytes(self) -> float | None:
+        int8 = (self.speed or {}).get("engines", {}).get(INT8)
+        return int8["size_bytes"] / 1e6 if int8 else None
 
     @property
     def seeds(self) -> int:
@@ -85,9 +112,18 @@ def _teacher_paths(records: list[dict[str, Any]]) -> set[str]:
     return {str(Path(p).resolve()) for p in paths}
 
 
+def _engine(record: dict[str, Any]) -> str:
+    """The engine that decoded a BLEU record (records older than the engines were fairseq's)."""
+    return record.get("engine", {}).get("name", "fairseq")
+
+
 def build_rows(run_dir: Path) -> list[SystemRow]:
     stability = {rec["checkpoint"]["sha256"]: rec for _, rec in load_records(run_dir, "stability-*.json")}
-    bleu_records = load_records(run_dir, "bleu-*.json")
+    speed = {rec["checkpoint"]["sha256"]: rec for _, rec in load_records(run_dir, "speed-*.json")}
+    all_bleu = load_records(run_dir, "bleu-*.json")
+    int8_bleu = {rec["checkpoint"]["sha256"]: rec["scores"]["bleu"]["score"] for _, rec in all_bleu
+                 if _engine(rec) == f"ctranslate2-{INT8.removeprefix('ct2-')}"}
+    bleu_records = [(path, record) for path, record in all_bleu if _engine(record) == "fairseq"]
     teachers = _teacher_paths([record for _, record in bleu_records])
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for path, record in bleu_records:
@@ -112,8 +148,22 @@ def build_rows(run_dir: Path) -> list[SystemRow]:
             provenance=members + analysed,
             warnings=list(dict.fromkeys([*(w for r in members for w in r.get("system", {}).get("warnings", [])),
                                          *(w for r in members + analysed for w in r.get("warnings", []))])),
+            checkpoints={str(Path(r["checkpoint"]["path"]).resolve()) for r in members},
+            teacher_checkpoints=_teacher_paths(members),
+            speed=next((speed[r["checkpoint"]["sha256"]] for r in members if r["checkpoint"]["sha256"] in speed), None),
+            int8_bleu=[_int8_bleu(r["checkpoint"]["sha256"], int8_bleu, speed) for r in members
+                       if _int8_bleu(r["checkpoint"]["sha256"], int8_bleu, speed) is not None],
         ))
     return rows
+
+
+def _int8_bleu(sha256: str, bleu_records: dict[str, float], speed: dict[str, dict[str, Any]]) -> float | None:
+    """A checkpoint's BLEU with CTranslate2 int8: from ``lskd-eval bleu --engine ctranslate2 --quantization
+    int8``, else from its speed record (the same decoding)."""
+    if sha256 in bleu_records:
+        return bleu_records[sha256]
+    measured = speed.get(sha256, {}).get("engines", {}).get(INT8, {})
+    return measured["bleu"]["score"] if "bleu" in measured else None
 
 
 def _mean4(values: list[float]) -> str:
@@ -121,11 +171,20 @@ def _mean4(values: list[float]) -> str:
 
 
 def markdown_table(rows: list[SystemRow]) -> str:
+    """The results table; the size and speed columns only when some system has a speed record."""
     header = ["system", "method", "teacher", "LS", "seeds", "BLEU", "chrF", "TER", "1 - S", "ECE"]
+    measured = any(row.speed for row in rows)
+    if measured:
+        header += ["params", "MB (int8)", "words/s (int8, 1 thread)", "int8 BLEU"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         cells = [row.system, row.method_label, row.teacher, fmt(row.label_smoothing), str(row.seeds),
                  mean_sd(row.bleu), mean_sd(row.chrf), mean_sd(row.ter), _mean4(row.one_minus_s), _mean4(row.ece)]
+        if measured:
+            words = row.engine_speed(INT8)
+            cells += [f"{row.parameters / 1e6:.2f} M" if row.parameters else "-",
+                      f"{row.int8_megabytes:.1f}" if row.int8_megabytes else "-",
+                      f"{words:.0f}" if words else "-", mean_sd(row.int8_bleu) if row.int8_bleu else "-"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -149,7 +208,22 @@ def summary_lines(rows: list[SystemRow]) -> list[str]:
     for label, members in by_method.items():
         if label not in taught:
             lines.append(f"{label} students without a teacher: BLEU " + " | ".join(mean_sd(r.bleu) for r in members))
-    return lines
+    return lines + [line for row in rows if (line := _against_teacher(row, rows))]
+
+
+def _against_teacher(student: SystemRow, rows: list[SystemRow]) -> str | None:
+    """``S: 3.1 x faster and 4.2 x smaller than its teacher T, at 93 % of its BLEU`` (CTranslate2 int8, 1 thread)."""
+    teachers = [r for r in rows if r.checkpoints & student.teacher_checkpoints]
+    if len(teachers) != 1 or not student.bleu:
+        return None
+    teacher = teachers[0]
+    speeds, sizes = (student.engine_speed(INT8), teacher.engine_speed(INT8)), (student.int8_megabytes, teacher.int8_megabytes)
+    if None in speeds or None in sizes or not teacher.bleu:
+        return None
+    bleu = statistics.mean(student.bleu), statistics.mean(teacher.bleu)
+    share = f"at {100 * bleu[0] / bleu[1]:.0f} % of its BLEU" if bleu[1] > 0 else f"at BLEU {bleu[0]:.2f} to its {bleu[1]:.2f}"
+    return (f"{student.system}: {speeds[0] / speeds[1]:.1f} x faster and {sizes[1] / sizes[0]:.1f} x smaller than its "
+            f"teacher {teacher.system}, {share} (CTranslate2 int8, 1 thread; BLEU with fairseq)")
 
 
 def _ls_gap(members: list[SystemRow]) -> str:
@@ -159,7 +233,27 @@ def _ls_gap(members: list[SystemRow]) -> str:
     if len(smoothed) != 1 or len(plain) != 1:
         return ""
     gap = statistics.mean(smoothed[0].bleu) - statistics.mean(plain[0].bleu)
-    return f" (LS teacher - non-LS teacher: {gap:+.2f} BLEU)"
+    return f" (LS teacher - non-LS teacher: {gap:+.2f} BLEU{_significance(smoothed[0], plain[0])})"
+
+
+def _significance(smoothed: SystemRow, plain: SystemRow) -> str:
+    """``, paired bootstrap p = 0.21: not resolved at this budget`` for two single-seed systems whose
+    hypotheses are at hand (sacrebleu's paired bootstrap, 1000 samples); empty otherwise."""
+    files = []
+    for row in (plain, smoothed):
+        records = [r for r in row.provenance if "scores" in r]
+        if len(records) != 1 or not all(Path(records[0].get(k, "")).is_file() for k in ("hypotheses_file", "references_file")):
+            return ""
+        files.append(records[0])
+    if files[0]["references_file"] != files[1]["references_file"]:
+        return ""
+    test = paired_bootstrap(read_lines(files[0]["hypotheses_file"]), read_lines(files[1]["hypotheses_file"]),
+                            read_lines(files[0]["references_file"]))
+    if test["BLEU"]["system"] == test["BLEU"]["baseline"]:  # sacrebleu reports p = 1 / (samples + 1) here
+        return ", paired bootstrap: the same BLEU, no difference to resolve"
+    p = test["BLEU"]["p_value"]
+    verdict = "resolved (p < 0.05)" if p < 0.05 else "not resolved at this budget (p >= 0.05)"
+    return f", paired bootstrap p = {p:.3f}: the difference is {verdict}"
 
 
 def plot_bleu_vs_temperature(rows: list[SystemRow], path: Path) -> Path | None:
@@ -178,18 +272,60 @@ def warnings_section(rows: list[SystemRow]) -> list[str]:
     return ["## Warnings", "", *lines, ""] if lines else []
 
 
+def plot_bleu_vs_speed(rows: list[SystemRow], path: Path) -> Path | None:
+    """BLEU against source words/s (1 thread, log scale) for every system and engine of the speed records:
+    the distillation trade-off at a glance. None with fewer than two points."""
+    series: dict[str, list[tuple[float, float, str]]] = defaultdict(list)
+    for row in rows:
+        for engine, summary in (row.speed or {}).get("engines", {}).items():
+            words = row.engine_speed(engine)
+            if words and "bleu" in summary:
+                series[engine].append((words, summary["bleu"]["score"], row.system))
+    if sum(len(points) for points in series.values()) < 2:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4.5), dpi=100)
+    for engine, points in sorted(series.items()):
+        axis.scatter([w for w, _, _ in points], [b for _, b, _ in points], label=engine)
+        for words, bleu, system in points:
+            axis.annotate(system, (words, bleu), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    axis.set_xscale("log")
+    axis.set_xlabel("source words/s, 1 thread (lskd-eval speed)")
+    axis.set_ylabel("BLEU (sacrebleu)")
+    axis.legend(title="engine")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    plt.close(figure)
+    return path
+
+
+def _kind_and_detail(record: dict[str, Any]) -> tuple[str, str]:
+    """What a record measured, and what one needs to read its number (signature, classes, engines)."""
+    if "one_minus_s" in record:
+        return "stability", f"{record['classes']} classes"
+    if "runs" in record:
+        runs = ", ".join(f"{r['engine']} x {r['threads']}" for r in record["runs"])
+        return "speed", f"{runs} threads, beam {record['decoding']['beam']}, {record['cores']} cores; {record['measurement']}"
+    return "BLEU", record["scores"]["bleu"]["signature"]
+
+
 def provenance_section(rows: list[SystemRow]) -> str:
     lines = ["## Provenance", ""]
     for row in rows:
         lines.append(f"**{row.system}**")
-        for record in row.provenance:
-            kind = "stability" if "one_minus_s" in record else "BLEU"
-            signature = record["scores"]["bleu"]["signature"] if kind == "BLEU" else f"{record['classes']} classes"
+        for record in row.provenance + ([row.speed] if row.speed else []):
+            kind, signature = _kind_and_detail(record)
             versions = record.get("versions", {})
             lines.append(
                 f"- {kind}: checkpoint `{record['checkpoint']['path']}` (sha256 {record['checkpoint']['sha256'][:12]}), "
                 f"data {record['data']['fingerprint'][:12]}, split {record['split']}, {signature}; "
-                f"fairseq {versions.get('ve-fairseq', '?')}, sacrebleu {versions.get('sacrebleu', '?')}, "
+                f"fairseq {versions.get('ve-fairseq', '?')}, ctranslate2 {versions.get('ctranslate2', '-')}, "
+                f"sacrebleu {versions.get('sacrebleu', '?')}, "
                 f"lskd {versions.get('lskd', '?')}; `{record['command']}`"
             )
         lines.append("")
@@ -205,11 +341,16 @@ def write_report(run_dir: Path, out: Path | None = None, note: str | None = None
         raise LSKDError(f"no bleu-*.json records under {run_dir}: run lskd-eval bleu first")
     out = out or run_dir / "report.md"
     plot = plot_bleu_vs_temperature(rows, out.parent / "plots" / "bleu_vs_temperature.png")
+    plot_bleu_vs_speed(rows, out.parent / "plots" / "bleu_vs_words_per_second.png")
     legend = ("BLEU/chrF/TER: sacrebleu on detokenized output against raw references (signatures below); "
               "mean ± sd over seeds. LS: the system's own label smoothing (fairseq convention, eps spread over "
               "V - 1 classes); teacher: the label smoothing of the model it learned from. 1 - S: stability "
               "(Shen et al. Eq. 2) over the most frequent gold tokens; ECE: 15 bins. Both from a teacher-forced "
               "pass.")
+    if any(row.speed for row in rows):
+        legend += (" params: trainable parameters; MB (int8): the CTranslate2 int8 export on disk; words/s: source "
+                   "words per second translating the split with CTranslate2 int8 on 1 thread; int8 BLEU: BLEU of "
+                   "that output (all from lskd-eval speed, which also records fairseq and float32).")
     return assemble_report(out, run_dir, summary_lines(rows), note,
                            ["## Results", "", markdown_table(rows), "", legend, "", *warnings_section(rows)],
                            (plot, "BLEU vs temperature"), provenance_section(rows))

@@ -45,6 +45,19 @@ def split_teacher_paths(teacher_path: str) -> list[str]:
     return paths
 
 
+def describe_teachers(teacher_path: str) -> list[TeacherInfo]:
+    """What the manifest of a distillation says about each teacher, read without building a model."""
+    from fairseq_plugins.checkpoint import describe_checkpoint
+
+    infos = []
+    for path in split_teacher_paths(teacher_path):
+        described = describe_checkpoint(path)
+        infos.append(TeacherInfo(path=os.path.abspath(path), sha256=sha256_file(path),
+                                 label_smoothing=described["label_smoothing"], criterion=described["criterion"],
+                                 num_updates=described["num_updates"]))
+    return infos
+
+
 def _read_state(path: str) -> dict:
     """The teacher's state through fairseq's loader; a missing or unreadable file is a :class:`TeacherError`."""
     try:

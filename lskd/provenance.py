@@ -14,7 +14,7 @@ import sys
 from importlib import metadata
 from typing import Any
 
-_DISTRIBUTIONS = ("lskd", "ve-fairseq", "torch", "sentencepiece", "sacremoses", "sacrebleu", "numpy")
+_DISTRIBUTIONS = ("lskd", "ve-fairseq", "torch", "ctranslate2", "sentencepiece", "sacremoses", "sacrebleu", "numpy")
 
 
 def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:

@@ -44,28 +44,26 @@ for ls in 0.1 0; do
     background train_teacher "$DATA/bin" "$TEACHERS/teacher_ls$ls" "$ls" "$TEACHER_UPDATES"
   fi
 done
-wait_all "teacher training" "$TEACHERS/teacher_ls0.1/train.log" "$TEACHERS/teacher_ls0/train.log"
+wait_all "teacher training" "$TEACHERS"
 for ls in 0.1 0; do
   background score_and_analyse "$TEACHERS/teacher_ls$ls" "$DATA" "$BEAM"
 done
-wait_all "teacher evaluation"
+wait_all "teacher evaluation" "$TEACHERS"
 
 stage "students ($STUDENT_UPDATES updates, $LSKD_JOBS at a time): word-level KD at T in {${TEMPERATURES[*]}} (alpha $KD_ALPHA) from each teacher, seeds {${SEEDS[*]}}, and a gold-data student per seed"
-logs=()
 student_job() { train_student "$@" && evaluate_bleu "$2" "$DATA" "$BEAM"; }
 for seed in "${SEEDS[@]}"; do
   for t in "${TEMPERATURES[@]}"; do
     for ls in 0.1 0; do
-      logs+=("$RUN/student_wordkd_ls${ls}_T${t}_seed$seed/train.log")
       word_kd_args kd "$TEACHERS/teacher_ls$ls/checkpoint_last.pt" "$t" "$KD_ALPHA"
       background student_job "$DATA/bin" "$RUN/student_wordkd_ls${ls}_T${t}_seed$seed" "$STUDENT_UPDATES" "$seed" "${kd[@]}"
-      at_most "$LSKD_JOBS"
+      at_most "$LSKD_JOBS" "$RUN"
     done
   done
   background student_job "$DATA/bin" "$RUN/student_gold_seed$seed" "$STUDENT_UPDATES" "$seed"
-  at_most "$LSKD_JOBS"
+  at_most "$LSKD_JOBS" "$RUN"
 done
-wait_all "students" "${logs[@]}" "$RUN"/student_gold_seed*/train.log
+wait_all "students" "$RUN"
 
 stage "report ($(( ($(date +%s) - started) / 60 )) min this run)"
 report "$RUN" --summary --note "teachers $TEACHER_UPDATES updates (3+3 layers, 256 \

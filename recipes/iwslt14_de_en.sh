@@ -69,7 +69,7 @@ distill() {
       --teacher-path "$teacher/checkpoint_last.pt" --out "$out" --beam 5 --num-shards "$DISTILL_SHARDS" \
       --shard-id "$shard" "${GPU_FLAG[@]}"
   done
-  wait_all "sequence-level KD decoding of $out"
+  wait_all "sequence-level KD decoding of $out" "$RUN"
   [ "$LSKD_DRY_RUN" = 1 ] || [ -f "$out/distill.json" ] || {
     echo "== $out: every shard finished but none merged (see $out.shard*.log)" >&2; exit 1; }
 }

@@ -69,22 +69,45 @@ background() {
   LSKD_PIDS+=("$!")
 }
 
-# at_most N: block until fewer than N of this shell's background jobs run (a job pool)
-at_most() {
-  while [ "$(jobs -rp | wc -l)" -ge "$1" ]; do sleep 2; done
+# progress_of LOG: the latest progress a stage wrote to LOG: fairseq-train's last num_updates, else the
+# last line (a progress bar's last refresh: tqdm rewrites its line with a carriage return)
+progress_of() {
+  local line
+  line=$(grep -o 'num_updates[ =][0-9]*' "$1" 2>/dev/null | tail -n 1) || true
+  [ -n "$line" ] || line=$(tail -c 4000 "$1" 2>/dev/null | tr '\r' '\n' | grep -v '^[[:space:]]*$' | tail -n 1 | cut -c1-140)
+  echo "$line"
 }
 
-# wait_all WHAT [LOG...]: wait for the background jobs, showing the training progress in the LOGs
-# every minute; fail if any job failed.
+# show_progress DIR WHAT SECONDS: one line on what is still running, then the latest progress of every
+# log under DIR written in the last three minutes (every stage logs there, so none goes unseen)
+show_progress() {
+  local dir=$1 what=$2 seconds=$3 log
+  say "... $what: $(jobs -rp | wc -l) job(s) running, $((seconds / 60)) min"
+  while IFS= read -r log; do
+    say "    ${log#./}: $(progress_of "$log")"
+  done < <(find "$dir" -name '*.log' -mmin -3 2>/dev/null | sort)
+}
+
+# Seconds between two progress reports of at_most and wait_all (LSKD_PROGRESS_SECONDS for tests).
+LSKD_PROGRESS_SECONDS=${LSKD_PROGRESS_SECONDS:-60}
+
+# at_most N DIR: block until fewer than N of this shell's background jobs run (a job pool), showing the
+# progress of the stages logging under DIR once a minute while it waits
+at_most() {
+  local jobs=$1 dir=$2 waited=0
+  while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do
+    sleep 1; waited=$((waited + 1))
+    [ $((waited % LSKD_PROGRESS_SECONDS)) != 0 ] || show_progress "$dir" "waiting for a free core" "$waited"
+  done
+}
+
+# wait_all WHAT DIR: wait for the background jobs, showing the progress of the stages logging under DIR
+# once a minute; fail if any job failed.
 wait_all() {
-  local what=$1; shift
-  local waited=0 log
-  while [ $# -gt 0 ] && [ -n "$(jobs -rp)" ]; do
-    sleep 2; waited=$((waited + 2))
-    [ $((waited % 60)) = 0 ] || continue
-    for log in "$@"; do
-      [ -f "$log" ] && { grep -o 'num_updates[ =][0-9]*' "$log" | tail -n 1 | sed "s|^|   $(dirname "$log"): |"; } || true
-    done
+  local what=$1 dir=$2 waited=0
+  while [ -n "$(jobs -rp)" ]; do
+    sleep 1; waited=$((waited + 1))
+    [ $((waited % LSKD_PROGRESS_SECONDS)) != 0 ] || show_progress "$dir" "$what" "$waited"
   done
   local failed=0 pid
   for pid in "${LSKD_PIDS[@]}"; do wait "$pid" || failed=1; done
@@ -113,6 +136,16 @@ analyse_model() {
 
 # score_and_analyse RUN_DIR DATA_DIR BEAM: BLEU on the test split, then stability and calibration
 score_and_analyse() { evaluate_bleu "$1" "$2" "$3" && analyse_model "$1" "$2"; }
+
+# measure_speed RUN_DIR DATA_DIR BEAM ENGINE...: words/s, latency, memory, size and BLEU of
+# RUN_DIR/checkpoint_last.pt with each ENGINE (fairseq, ct2-int8, ...) at 1 thread, on the test split
+measure_speed() {
+  local dir=$1 data=$2 beam=$3; shift 3
+  once "$dir/eval/speed-test.done" "$dir/speed.log" "$dir/checkpoint_last.pt" "$data/prep.json" -- \
+    lskd-eval speed --checkpoint "$dir/checkpoint_last.pt" --data "$data" --split test --beam "$beam" \
+    --engines "$@" --threads 1 --latency-sentences 50 --out "$dir/eval" "${GPU_FLAG[@]}" || return 1
+  say "$dir: $(grep -m 1 '^ct2-int8' "$dir/speed.log" 2>/dev/null)"
+}
 
 # --- The Bible recipes (quickstart, temperature sweep): small models, jobs side by side on CPU cores --
 
@@ -183,13 +216,14 @@ word_kd_args() {
   into=(--criterion label_smoothed_cross_entropy_with_kd --teacher-path "$2" --kd-temperature "$3" --kd-alpha "$4")
 }
 
-# distill_corpus TEACHER_DIR DATA_DIR OUT_DIR BEAM: sequence-level KD data from TEACHER_DIR/checkpoint_last.pt
-# (a changed checkpoint runs it again, and --overwrite makes lskd-distill-corpus start over)
+# distill_corpus TEACHER_DIR DATA_DIR OUT_DIR BEAM [ENGINE_ARGS...]: sequence-level KD data from
+# TEACHER_DIR/checkpoint_last.pt, e.g. ENGINE_ARGS "--engine ctranslate2 --quantization int8" (a changed
+# checkpoint runs it again, and --overwrite makes lskd-distill-corpus start over)
 distill_corpus() {
-  local teacher=$1 data=$2 out=$3 beam=$4
+  local teacher=$1 data=$2 out=$3 beam=$4; shift 4
   once "$out/distill.done" "$out.log" "$teacher/checkpoint_last.pt" "$data/prep.json" -- \
     lskd-distill-corpus --data "$data" --teacher-path "$teacher/checkpoint_last.pt" --out "$out" \
-    --beam "$beam" --batch-size 128 --workers 1 --overwrite "${GPU_FLAG[@]}" || return 1
+    --beam "$beam" --batch-size 128 --workers 1 --overwrite "$@" "${GPU_FLAG[@]}" || return 1
   say "$out: $(tail -n 1 "$out.log" 2>/dev/null)"
 }
 

@@ -2,10 +2,11 @@
 # LSKD quickstart: the paper's question on the embedded Bible De-En corpus, on CPU.
 # Prepares the data; trains two small Transformer teachers, one with label smoothing 0.1 and one
 # without; for each teacher distils a smaller student by word-level KD (T = 1) and one by
-# sequence-level KD (greedy decoding of every training source), and trains the same student on
-# the gold data alone as the baseline; scores every system on the Gospel of John with sacrebleu,
-# measures stability (1 - S) and calibration (ECE), draws the teachers' penultimate layers, and
-# writes RUN_DIR/report.md with a five-line summary.
+# sequence-level KD (beam-5 decoding of every training source with CTranslate2, int8), and trains
+# the same student on the gold data alone as the baseline; scores every system on the Gospel of
+# John with sacrebleu (fairseq's decoding), measures stability (1 - S), calibration (ECE), speed,
+# size and int8 BLEU, draws the teachers' penultimate layers, and writes RUN_DIR/report.md with a
+# summary.
 # Jobs run two at a time, one core each. Re-running skips every stage whose command and inputs are
 # unchanged since it last succeeded (recipes/lib.sh, `once`): a larger LSKD_TEACHER_UPDATES trains the
 # teachers on from their last checkpoint, then re-scores and re-distils them.
@@ -19,8 +20,11 @@
 #   LSKD_TEACHER_UPDATES=N           override the number of updates per teacher
 #   LSKD_STUDENT_UPDATES=N           override the number of updates per student
 #   LSKD_KD_ALPHA=A                  weight of the word-level KD term (default 0.5)
-#   LSKD_DISTILL_BEAM=B              beam of the sequence-level KD decoding (default 1 = greedy:
-#                                    ~3x faster than beam 5 on CPU)
+#   LSKD_DISTILL_BEAM=B              beam of the sequence-level KD decoding (default 5)
+#   LSKD_DISTILL_ENGINE="ARGS"       its engine (default "--engine ctranslate2 --quantization int8";
+#                                    "--engine fairseq": fairseq-generate's decoding, ~3.5x slower)
+#   LSKD_SPEED_ENGINES="E..."        engines lskd-eval speed measures each system with, at 1 thread
+#                                    (default "fairseq ct2-int8"; ct2-int8 fills the report's columns)
 #   LSKD_SEED=S                      the students' seed (default 1; teachers always use seed 1)
 #   LSKD_RUN_DIR=DIR                 where checkpoints, logs and scores go (default runs/quickstart,
 #                                    runs/quickstart-smoke for the smoke profile)
@@ -48,7 +52,9 @@ esac
 UPDATES=${LSKD_TEACHER_UPDATES:-$UPDATES}
 STUDENT_UPDATES=${LSKD_STUDENT_UPDATES:-$STUDENT_UPDATES}
 KD_ALPHA=${LSKD_KD_ALPHA:-0.5}
-DISTILL_BEAM=${LSKD_DISTILL_BEAM:-1}
+DISTILL_BEAM=${LSKD_DISTILL_BEAM:-5}
+read -r -a DISTILL_ENGINE <<< "${LSKD_DISTILL_ENGINE:---engine ctranslate2 --quantization int8}"
+read -r -a SPEED_ENGINES <<< "${LSKD_SPEED_ENGINES:-fairseq ct2-int8}"
 SEED=${LSKD_SEED:-1}
 SUFFIX=""; [ "$PROFILE" != smoke ] || SUFFIX=-smoke
 RUN=${LSKD_RUN_DIR:-runs/quickstart$SUFFIX}
@@ -67,39 +73,39 @@ fi
 TOKENS=${LSKD_PICTURE_TOKENS:-▁God ▁Lord ▁water}
 PICTURE=${TOKENS//▁/}; PICTURE=$RUN/plots/penultimate_${PICTURE// /_}.png
 
-# Jobs: train a student and score it; decode a teacher's corpus, then train a sequence-level KD
-# student on it.
-student_job() { train_student "$@" && score_and_analyse "$2" "$DATA" "$BEAM"; }
+# Jobs: score a model (BLEU with fairseq, stability, speed and int8 BLEU); train a student and score
+# it; decode a teacher's corpus, then train a sequence-level KD student on it.
+evaluate_job() { score_and_analyse "$1" "$DATA" "$BEAM" && measure_speed "$1" "$DATA" "$BEAM" "${SPEED_ENGINES[@]}"; }
+student_job() { train_student "$@" && evaluate_job "$2"; }
 seqkd_job() {  # seqkd_job TEACHER_DIR DISTILLED_DIR STUDENT_DIR
-  distill_corpus "$1" "$DATA" "$2" "$DISTILL_BEAM" && student_job "$2/bin" "$3" "$STUDENT_UPDATES" "$SEED"
+  distill_corpus "$1" "$DATA" "$2" "$DISTILL_BEAM" "${DISTILL_ENGINE[@]}" \
+    && student_job "$2/bin" "$3" "$STUDENT_UPDATES" "$SEED"
 }
 
 stage "train two teachers side by side, $UPDATES updates each: label smoothing 0.1 and 0"
 for ls in 0.1 0; do
   background train_teacher "$DATA/bin" "$RUN/teacher_ls$ls" "$ls" "$UPDATES"
 done
-wait_all "teacher training" "$RUN/teacher_ls0.1/train.log" "$RUN/teacher_ls0/train.log"
+wait_all "teacher training" "$RUN"
 
-stage "score both teachers on the test split (beam $BEAM) and analyse them: stability 1 - S, calibration"
+stage "score both teachers on the test split (beam $BEAM), analyse them (stability 1 - S, calibration), measure their speed (${SPEED_ENGINES[*]}, 1 thread)"
 for ls in 0.1 0; do
-  background score_and_analyse "$RUN/teacher_ls$ls" "$DATA" "$BEAM"
+  background evaluate_job "$RUN/teacher_ls$ls"
 done
-wait_all "teacher evaluation"
+wait_all "teacher evaluation" "$RUN"
 
-stage "students ($STUDENT_UPDATES updates each, seed $SEED, $LSKD_JOBS at a time): word-level KD at T = 1 (alpha $KD_ALPHA) and sequence-level KD (beam $DISTILL_BEAM) from each teacher, and the gold-data baseline"
+stage "students ($STUDENT_UPDATES updates each, seed $SEED, $LSKD_JOBS at a time): word-level KD at T = 1 (alpha $KD_ALPHA) and sequence-level KD (beam $DISTILL_BEAM, ${DISTILL_ENGINE[*]}) from each teacher, and the gold-data baseline"
 # Longest jobs first, so the cores finish together.
-logs=()
 for ls in 0.1 0; do
   teacher=$RUN/teacher_ls$ls
   background seqkd_job "$teacher" "$RUN/distilled_ls$ls" "$RUN/student_seqkd_ls${ls}_seed$SEED"
-  at_most "$LSKD_JOBS"
+  at_most "$LSKD_JOBS" "$RUN"
   word_kd_args kd "$teacher/checkpoint_last.pt" 1 "$KD_ALPHA"
   background student_job "$DATA/bin" "$RUN/student_wordkd_ls${ls}_T1_seed$SEED" "$STUDENT_UPDATES" "$SEED" "${kd[@]}"
-  at_most "$LSKD_JOBS"
-  logs+=("$RUN/student_seqkd_ls${ls}_seed$SEED/train.log" "$RUN/student_wordkd_ls${ls}_T1_seed$SEED/train.log")
+  at_most "$LSKD_JOBS" "$RUN"
 done
 background student_job "$DATA/bin" "$RUN/student_gold_seed$SEED" "$STUDENT_UPDATES" "$SEED"
-wait_all "students" "${logs[@]}" "$RUN/student_gold_seed$SEED/train.log"
+wait_all "students" "$RUN"
 
 stage "draw both teachers' penultimate layers"
 penultimate_picture "$PICTURE" "$DATA" "$TOKENS" \
@@ -112,4 +118,5 @@ once "$RUN/table.done" "$RUN/table.log" "${scores[@]}" -- lskd-eval table "${sco
 report "$RUN" --summary --note "profile $PROFILE: teachers $UPDATES updates (3+3 layers, 256 dims), \
 students $STUDENT_UPDATES updates (3+3 layers, 128 dims, LS 0, seed $SEED), word-KD T = 1 alpha $KD_ALPHA with the \
 full online teacher distribution, sequence-level KD on the teacher's beam-$DISTILL_BEAM decoding of every training \
-source, test decoding beam $BEAM, $LSKD_JOBS jobs side by side on $LSKD_CORES cores."
+source (${DISTILL_ENGINE[*]}), test decoding beam $BEAM (BLEU: fairseq; speed: ${SPEED_ENGINES[*]} at 1 thread), \
+$LSKD_JOBS jobs side by side on $LSKD_CORES cores."

@@ -7,6 +7,9 @@ import pytest
 
 from conftest import run_module, train_tiny
 from data_prep.distill import DistillOptions, chunk_ranges, collect, main as distill_main, run_chunks, shard_chunks
+from lskd.decoding import Hypothesis
+from lskd.scoring import bleu_metric
+
 FAST = ["--beam", "2", "--max-len-a", "0", "--max-len-b", "5", "--chunk-size", "300", "--batch-size", "128",
         "--workers", "1"]
 
@@ -20,11 +23,18 @@ def slice_1001(tmp_path_factory):
     return data, root / "teacher" / "checkpoint_last.pt"
 
 
+@pytest.fixture(scope="module", params=["fairseq", "ctranslate2"])
+def engine(request):
+    """Every contract holds for both engines."""
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def uninterrupted(slice_1001, tmp_path_factory):
+def uninterrupted(slice_1001, engine, tmp_path_factory):
     data, teacher = slice_1001
     out = tmp_path_factory.mktemp("full") / "out"
-    assert distill_main(["--data", str(data), "--teacher-path", str(teacher), "--out", str(out), *FAST]) == 0
+    assert distill_main(["--data", str(data), "--teacher-path", str(teacher), "--out", str(out), *FAST,
+                         "--engine", engine]) == 0
     return out
 
 
@@ -34,9 +44,11 @@ def files(out):
 
 
 @pytest.mark.slow
-def test_one_line_per_input_in_input_order(slice_1001, uninterrupted):
+def test_one_line_per_input_in_input_order(slice_1001, engine, uninterrupted):
     data, _ = slice_1001
     manifest = json.loads((uninterrupted / "distill.json").read_text())
+    assert manifest["engine"]["name"] == {"fairseq": "fairseq", "ctranslate2": "ctranslate2-float32"}[engine]
+    assert manifest["options"]["engine"] == engine
     assert manifest["counts"] == {"inputs": 1001, "outputs": 1001, "decoded": 1001}
     assert len((uninterrupted / "raw" / "train.en").read_text(encoding="utf-8").splitlines()) == 1001
     # the source side is the original source, line by line
@@ -54,21 +66,25 @@ def test_binarized_data_uses_the_original_dictionaries(slice_1001, uninterrupted
 
 
 @pytest.mark.slow
-def test_killed_run_resumes_to_the_same_output(slice_1001, uninterrupted, tmp_path):
+def test_killed_run_resumes_to_the_same_output(slice_1001, engine, uninterrupted, tmp_path, capsys):
     data, teacher = slice_1001
     out = tmp_path / "out"
-    args = ["--data", str(data), "--teacher-path", str(teacher), "--out", str(out), *FAST]
+    args = ["--data", str(data), "--teacher-path", str(teacher), "--out", str(out), *FAST, "--engine", engine]
     assert distill_main(args + ["--max-chunks", "1"]) == 0
     assert len(list((out / "chunks").glob("*.jsonl"))) == 1 and not (out / "bin").exists()
+    other = "fairseq" if engine == "ctranslate2" else "ctranslate2"
+    assert distill_main(args + ["--engine", other]) == 2  # a resume decodes as the run it continues
+    assert "holds a distillation with other options" in capsys.readouterr().err
     assert distill_main(args) == 0
     assert files(out) == files(uninterrupted)
 
 
 @pytest.mark.slow
-def test_two_shards_merged_equal_one_run(slice_1001, uninterrupted, tmp_path):
+def test_two_shards_merged_equal_one_run(slice_1001, engine, uninterrupted, tmp_path):
     data, teacher = slice_1001
     out = tmp_path / "out"
-    args = ["--data", str(data), "--teacher-path", str(teacher), "--out", str(out), *FAST, "--num-shards", "2"]
+    args = ["--data", str(data), "--teacher-path", str(teacher), "--out", str(out), *FAST, "--num-shards", "2",
+            "--engine", engine]
     assert distill_main(args + ["--shard-id", "0"]) == 0
     assert not (out / "bin").exists()  # shard 1's chunks are still missing
     assert distill_main(args + ["--shard-id", "1"]) == 0
@@ -76,7 +92,7 @@ def test_two_shards_merged_equal_one_run(slice_1001, uninterrupted, tmp_path):
 
 
 @pytest.mark.slow
-def test_too_long_sources_follow_the_policy_and_are_counted(slice_1001, tmp_path):
+def test_too_long_sources_follow_the_policy_and_are_counted(slice_1001, engine, tmp_path):
     data, teacher = slice_1001
     lengths = [len(line.split()) + 1 for line in (data / "spm" / "train.de").read_text(encoding="utf-8").splitlines()]
     limit = sorted(lengths)[900]  # about 100 sentences are longer
@@ -84,7 +100,7 @@ def test_too_long_sources_follow_the_policy_and_are_counted(slice_1001, tmp_path
     for policy, outputs in (("copy-reference", 1001), ("drop", 1001 - too_long)):
         out = tmp_path / policy
         assert distill_main(["--data", str(data), "--teacher-path", str(teacher), "--out", str(out), *FAST,
-                             "--max-source-tokens", str(limit), "--too-long", policy]) == 0
+                             "--max-source-tokens", str(limit), "--too-long", policy, "--engine", engine]) == 0
         counts = json.loads((out / "distill.json").read_text())["counts"]
         assert counts["outputs"] == outputs and counts["decoded"] == 1001 - too_long
         assert len((out / "raw" / "train.en").read_text(encoding="utf-8").splitlines()) == outputs
@@ -95,11 +111,11 @@ def test_too_long_sources_follow_the_policy_and_are_counted(slice_1001, tmp_path
 
 
 @pytest.mark.slow
-def test_seq_inter_and_union(slice_1001, tmp_path):
+def test_seq_inter_and_union(slice_1001, engine, tmp_path):
     data, teacher = slice_1001
     out = tmp_path / "inter"
     assert distill_main(["--data", str(data), "--teacher-path", str(teacher), "--out", str(out), *FAST,
-                         "--nbest", "2", "--seq-inter", "--union"]) == 0
+                         "--nbest", "2", "--seq-inter", "--union", "--engine", engine]) == 0
     manifest = json.loads((out / "distill.json").read_text())
     assert manifest["counts"]["outputs"] == 2002 and manifest["options"]["seq_inter"]
     assert distill_main(["--data", str(data), "--teacher-path", str(teacher), "--out", str(out), *FAST]) == 2
@@ -112,17 +128,18 @@ def test_chunks_and_shards_cover_every_id_once():
     assert sorted(shards) == chunks
 
 
-class FakeDecoder:
-    """Stands in for the teacher: a fixed n-best list per sentence, best model score first."""
+class FakeEngine:
+    """Stands in for the teacher's engine: a fixed n-best list per sentence, best model score first."""
 
-    def __init__(self, nbest: dict[int, list[tuple[str, float]]], seq_inter: bool, bleu_tokenize: str = "13a"):
-        self.nbest, self.generate_seconds = nbest, 0.0
-        self.options = DistillOptions(nbest=2, seq_inter=seq_inter, bleu_tokenize=bleu_tokenize)
+    name, max_source_tokens, decode_seconds = "fake", 100, 0.0
 
-    def too_long(self, sentence_id: int) -> bool:
-        return False
+    def __init__(self, nbest: dict[int, list[Hypothesis]]):
+        self.nbest = nbest
 
-    def decode(self, ids: list[int], batch_size: int) -> dict[int, list[tuple[str, float]]]:
+    def source_tokens(self, sentence_id: int) -> int:
+        return 1
+
+    def translate(self, ids, progress=None) -> dict[int, list[Hypothesis]]:
         return {i: self.nbest[i] for i in ids}
 
 
@@ -142,12 +159,14 @@ def piece_model(tmp_path_factory):
 @pytest.mark.parametrize("seq_inter", [False, True])
 def test_seq_inter_keeps_the_hypothesis_closest_to_the_reference_not_the_best_scoring(tmp_path, piece_model, seq_inter):
     references = ["the light shines in the darkness", "the darkness has not overcome it"]
-    nbest = {0: [("▁the ▁darkness ▁has ▁not", -0.1), ("▁the ▁light ▁shines ▁in ▁the ▁darkness", -0.9)],
-             1: [("▁the ▁darkness ▁has ▁not ▁overcome ▁it", -0.2), ("▁the ▁light", -0.3)]}
-    run_chunks(FakeDecoder(nbest, seq_inter), tmp_path, chunk_ranges(2, 1), references, piece_model, 8, None)
+    nbest = {0: [Hypothesis("▁the ▁darkness ▁has ▁not", -0.1), Hypothesis("▁the ▁light ▁shines ▁in ▁the ▁darkness", -0.9)],
+             1: [Hypothesis("▁the ▁darkness ▁has ▁not ▁overcome ▁it", -0.2), Hypothesis("▁the ▁light", -0.3)]}
+    sentence_bleu = bleu_metric(tokenize="13a", sentence=True) if seq_inter else None
+    run_chunks(FakeEngine(nbest), tmp_path, chunk_ranges(2, 1), references, piece_model, sentence_bleu, None)
     kept = [row["pieces"] for row in collect(tmp_path, 2, 1)]
     # Seq-Inter: the second hypothesis of sentence 0 equals its reference; the first of sentence 1 does
-    assert kept == [nbest[0][1][0] if seq_inter else nbest[0][0][0], nbest[1][0][0]]
+    assert kept == [nbest[0][1].pieces if seq_inter else nbest[0][0].pieces, nbest[1][0].pieces]
+
 
 
 @pytest.mark.parametrize("tokenize", ["13a", "zh"])
@@ -161,9 +180,9 @@ def test_seq_inter_on_chinese_compares_characters_with_sacrebleus_zh_tokenizer(t
                                    model_type="char", minloglevel=2)
     processor = spm.SentencePieceProcessor(model_file=str(tmp_path / "spm.model"))
     pieces = [" ".join(processor.encode(line, out_type=str)) for line in far + close]
-    nbest = {i: [(pieces[i], -0.1), (pieces[2 + i], -0.5)] for i in range(2)}  # the far one scores best
-    run_chunks(FakeDecoder(nbest, True, tokenize), tmp_path, chunk_ranges(2, 2), references, tmp_path / "spm.model", 8,
-               None)
+    nbest = {i: [Hypothesis(pieces[i], -0.1), Hypothesis(pieces[2 + i], -0.5)] for i in range(2)}  # far scores best
+    run_chunks(FakeEngine(nbest), tmp_path, chunk_ranges(2, 2), references, tmp_path / "spm.model",
+               bleu_metric(tokenize=tokenize, sentence=True), None)
     kept = [row["pieces"] for row in collect(tmp_path, 2, 2)]
     # 13a sees each line as one word: every hypothesis scores 0 and the best-scoring one stays
     assert kept == (pieces[2:] if tokenize == "zh" else pieces[:2])

@@ -38,6 +38,8 @@ def test_lskd_debug_shows_the_traceback_and_a_bug_is_never_hidden(monkeypatch):
     ["eval.cli", "score", "--hyp", "missing.hyp", "--ref", "missing.ref"],
     ["eval.report", "no-such-run-dir"],
     ["data_prep.distill", "--data", "no-such-dir", "--teacher-path", "t.pt", "--out", "out"],
+    ["eval.export", "--checkpoint", "no.pt", "--data", "no-such-dir", "--out", "out"],
+    ["eval.cli", "speed", "--checkpoint", "no.pt", "--data", "no-such-dir", "--out", "out"],
     ["data_prep.cli", "text", "--src", "de", "--tgt", "en", "--train", "no/train", "--valid", "no/valid",
      "--test", "no/test", "--out", "out"],
 ])
@@ -101,18 +103,3 @@ def test_a_missing_or_refused_checkpoint_is_one_line_in_every_script(tmp_path, c
     assert "payload ran" not in captured.out
     if kind == "missing":
         assert not (tmp_path / "out").exists()  # failed before writing anything
-
-
-def test_a_failed_fairseq_generate_is_one_line_that_says_where_the_log_is(tmp_path, monkeypatch):
-    import eval.bleu
-
-    def failing_run(command, stdout, stderr, **_):
-        stderr.write("Traceback (most recent call last):\n  File ...\nRuntimeError: CUDA out of memory\n")
-        return subprocess.CompletedProcess(command, 1, stdout=b"")
-
-    monkeypatch.setattr(eval.bleu.subprocess, "run", failing_run)
-    log = tmp_path / "generate-test.log"
-    with pytest.raises(LSKDError) as err:
-        eval.bleu.generate(tmp_path / "c.pt", tmp_path, "test", eval.bleu.DecodeOptions(), log)
-    message = one_line(str(err.value))
-    assert "RuntimeError: CUDA out of memory" in message and str(log) in message and "Traceback" not in message

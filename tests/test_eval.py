@@ -1,5 +1,6 @@
 """lskd-eval and lskd-report: scoring, refusals, significance, analysis passes and the report."""
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -328,3 +329,67 @@ def test_students_trained_with_relative_paths_are_recorded_alike_from_another_di
     run_module("eval.report", "run", cwd=elsewhere)
     table = (elsewhere / "run" / "report.md").read_text()
     assert "| seq_kd | seq-KD beam 1 | LS 0.1 |" in table and "| word_kd | word-KD T=1 α=0.5 | LS 0.1 |" in table
+
+
+def fake_speed(path, sha, int8_words, int8_mb, int8_bleu, fairseq_words=100.0):
+    """An lskd-eval speed record: fairseq and CTranslate2 int8 at 1 thread."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    engines = {"fairseq": {"parameters": 2_000_000, "size_bytes": 80e6, "bleu": {"score": int8_bleu + 0.1}},
+               "ct2-int8": {"parameters": 2_000_000, "size_bytes": int8_mb * 1e6, "bleu": {"score": int8_bleu}}}
+    runs = [{"engine": "fairseq", "threads": 1, "words_per_second": fairseq_words},
+            {"engine": "ct2-int8", "threads": 1, "words_per_second": int8_words},
+            {"engine": "ct2-int8", "threads": 2, "words_per_second": 2 * int8_words}]
+    path.write_text(json.dumps({"checkpoint": {"path": f"/ckpt/{sha}.pt", "sha256": sha * 64}, "engines": engines,
+                                "runs": runs, "split": "test", "data": {"fingerprint": "f" * 64}, "cores": 2,
+                                "decoding": {"beam": 5}, "measurement": "how", "command": "lskd-eval speed ...",
+                                "versions": {}}))
+
+
+def test_report_has_size_and_speed_columns_a_line_per_student_and_the_trade_off_picture(tmp_path):
+    teacher = {"method": "CE", "label_smoothing": 0.1, "teacher_label_smoothing": None}
+    student = {"method": "word-KD", "label_smoothing": 0.0, "teacher_label_smoothing": [0.1], "kd_temperature": 1.0,
+               "kd_alpha": 0.5, "teacher_path": "/ckpt/a.pt"}
+    fake_bleu(tmp_path / "teacher_ls0.1" / "eval" / "bleu-test.json", 20.0, teacher, "a")
+    fake_bleu(tmp_path / "student_seed1" / "eval" / "bleu-test.json", 15.0, student, "b")
+    fake_speed(tmp_path / "teacher_ls0.1" / "eval" / "speed-test.json", "a", 400.0, 8.0, 19.9)
+    fake_speed(tmp_path / "student_seed1" / "eval" / "speed-test.json", "b", 1200.0, 2.0, 14.8)
+    # a CTranslate2 BLEU record is the system's int8 BLEU, not another seed of it
+    record = json.loads((tmp_path / "student_seed1" / "eval" / "bleu-test.json").read_text())
+    record["scores"]["bleu"]["score"], record["engine"] = 14.7, {"name": "ctranslate2-int8"}
+    (tmp_path / "student_seed1" / "eval" / "bleu-test-ctranslate2-int8.json").write_text(json.dumps(record))
+    rows = build_rows(tmp_path)
+    table = markdown_table(rows).splitlines()
+    assert table[0].endswith("| ECE | params | MB (int8) | words/s (int8, 1 thread) | int8 BLEU |")
+    assert table[2] == "| student | word-KD T=1 α=0.5 | LS 0.1 | 0 | 1 | 15.00 | 16.00 | 17.00 | - | - | 2.00 M | 2.0 | 1200 | 14.70 |"
+    assert table[3].endswith("| 20.00 | 21.00 | 22.00 | - | - | 2.00 M | 8.0 | 400 | 19.90 |")
+    assert summary_lines(rows)[-1] == ("student: 3.0 x faster and 4.0 x smaller than its teacher teacher_ls0.1, at 75 % "
+                                       "of its BLEU (CTranslate2 int8, 1 thread; BLEU with fairseq)")
+    text = write_report(tmp_path).read_text()
+    assert "![bleu_vs_words_per_second](plots/bleu_vs_words_per_second.png)" in text
+    fake_bleu(tmp_path / "teacher_ls0.1" / "eval" / "bleu-test.json", 0.0, teacher, "a")  # an untrained teacher
+    assert summary_lines(build_rows(tmp_path))[-1].startswith("student: 3.0 x faster and 4.0 x smaller than its "
+                                                              "teacher teacher_ls0.1, at BLEU 15.00 to its 0.00 (")
+    assert (tmp_path / "plots" / "bleu_vs_words_per_second.png").stat().st_size > 1000
+    assert "- speed: checkpoint `/ckpt/b.pt`" in text and "ct2-int8 x 2" in text
+
+
+def test_the_ls_gap_says_whether_paired_bootstrap_resolves_it(tmp_path):
+    def seqkd(teacher):
+        return {"method": "seq-KD", "label_smoothing": 0, "teacher_label_smoothing": [0.1 if teacher == "a" else 0.0],
+                "distill_beam": 5, "distill_teachers": [f"/ckpt/{teacher}.pt"]}
+
+    ref = write(tmp_path / "ref.txt", REFS * 10)
+    for name, hyps, teacher, sha in (("student_ls0.1", REFS * 10, "a", "c"), ("student_ls0", HYPS * 10, "b", "d")):
+        path = tmp_path / name / "eval" / "bleu-test.json"
+        fake_bleu(path, 30.0 if teacher == "a" else 10.0, seqkd(teacher), sha)
+        record = json.loads(path.read_text())
+        record |= {"hypotheses_file": str(write(tmp_path / f"{name}.hyp", hyps)), "references_file": str(ref)}
+        path.write_text(json.dumps(record))
+    line = summary_lines(build_rows(tmp_path))[0]
+    assert line.endswith("(LS teacher - non-LS teacher: +20.00 BLEU, paired bootstrap p = 0.001: the difference is "
+                         "resolved (p < 0.05))")
+    write(tmp_path / "student_ls0.hyp", HYPS[:1] + (REFS * 10)[1:])  # now they differ in one sentence of 40
+    line = summary_lines(build_rows(tmp_path))[0]
+    assert re.search(r"paired bootstrap p = 0\.[1-9]\d\d: the difference is not resolved at this budget", line), line
+    write(tmp_path / "student_ls0.hyp", REFS * 10)  # and now in none
+    assert summary_lines(build_rows(tmp_path))[0].endswith("paired bootstrap: the same BLEU, no difference to resolve)")

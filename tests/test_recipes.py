@@ -3,6 +3,7 @@ recipes/lib.sh) on fake commands, and the smoke quickstart end to end."""
 import hashlib
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -87,11 +88,15 @@ def test_quickstart_dry_run_lists_teachers_students_and_report():
     commands = dry_run(recipe="quickstart.sh")
     programs = Counter(" ".join(c[:2]) if c[0] == "lskd-eval" else c[0] for c in commands)
     assert programs == {"lskd-prepare": 1, "fairseq-train": 2 + 5, "lskd-distill-corpus": 2, "lskd-eval bleu": 7,
-                        "lskd-eval stability": 7, "lskd-eval project": 1, "lskd-eval table": 1, "lskd-report": 1}
+                        "lskd-eval stability": 7, "lskd-eval speed": 7, "lskd-eval project": 1, "lskd-eval table": 1,
+                        "lskd-report": 1}
     seqkd = [c for c in commands if c[0] == "fairseq-train" and c[1].endswith("/bin") and "distilled_ls" in c[1]]
     assert sorted(c[1] for c in seqkd) == ["runs/quickstart/distilled_ls0.1/bin", "runs/quickstart/distilled_ls0/bin"]
     distill = [c for c in commands if c[0] == "lskd-distill-corpus"]
-    assert all(c[c.index("--beam") + 1] == "1" for c in distill)
+    assert all(c[c.index("--beam") + 1] == "5" and c[c.index("--engine") + 1] == "ctranslate2"
+               and c[c.index("--quantization") + 1] == "int8" for c in distill)
+    speed = [c for c in commands if c[:2] == ["lskd-eval", "speed"]]
+    assert all(c[c.index("--engines") + 1:c.index("--threads")] == ["fairseq", "ct2-int8"] for c in speed)
     smoke = dry_run(recipe="quickstart.sh", LSKD_PROFILE="smoke")
     assert smoke[0][-2:] == ["--limit-train", "1000"]
     assert {c[c.index("--max-update") + 1] for c in smoke if c[0] == "fairseq-train"} == {"30"}
@@ -127,19 +132,25 @@ def test_smoke_quickstart_end_to_end_fills_the_report_and_reruns_nothing(tmp_pat
                "student_seqkd_ls0.1", "student_seqkd_ls0"}
     table = [line for line in (run_dir / "report.md").read_text().splitlines() if line.startswith("| ")]
     header, rows = [c.strip() for c in table[0].strip("|").split("|")], table[1:]
-    assert header == ["system", "method", "teacher", "LS", "seeds", "BLEU", "chrF", "TER", "1 - S", "ECE"]
+    assert header == ["system", "method", "teacher", "LS", "seeds", "BLEU", "chrF", "TER", "1 - S", "ECE",
+                      "params", "MB (int8)", "words/s (int8, 1 thread)", "int8 BLEU"]
     cells = {row.split("|")[1].strip(): [c.strip() for c in row.strip("|").split("|")] for row in rows}
     assert set(cells) == systems
     for name, row in cells.items():
         assert len(row) == len(header) and all(c not in ("", "-", "n/a") for c in row), (name, row)
-        assert all(float(c) >= 0 for c in row[5:]), (name, row)  # BLEU, chrF, TER, 1 - S, ECE are numbers
-    assert cells["student_seqkd_ls0.1"][1:3] == ["seq-KD beam 1", "LS 0.1"]
+        # BLEU, chrF, TER, 1 - S, ECE, MB, words/s, int8 BLEU are numbers; parameters in millions
+        assert all(float(c) >= 0 for c in row[5:10] + row[11:]) and row[10].endswith(" M"), (name, row)
+    assert cells["student_seqkd_ls0.1"][1:3] == ["seq-KD beam 5", "LS 0.1"]
     assert cells["student_wordkd_ls0_T1"][1:3] == ["word-KD T=1 α=0.5", "LS 0"]
     assert cells["student_gold"][1:3] == ["CE", "none"]
-    # the five-line summary: teachers, the two KD methods by teacher, the gold baseline, the report
-    summary = first.splitlines()[-5:]
-    assert summary[0].startswith("teachers: ") and summary[-1] == f"report: {run_dir}/report.md"
-    assert sum("(LS teacher - non-LS teacher: " in line for line in summary) == 2
+    # the summary: teachers, the two KD methods by teacher (with a paired bootstrap verdict), the gold
+    # baseline, each taught student against its teacher, the report
+    lines = first.splitlines()
+    summary = lines[max(i for i, line in enumerate(lines) if line.startswith("teachers: ")):]
+    assert summary[-1] == f"report: {run_dir}/report.md" and len(summary) == 1 + 2 + 1 + 4 + 1
+    assert sum("(LS teacher - non-LS teacher: " in line and "paired bootstrap" in line for line in summary) == 2
+    assert sum(" x faster and " in line and "smaller than its teacher teacher_ls" in line for line in summary) == 4
+    assert (run_dir / "plots" / "bleu_vs_words_per_second.png").is_file()
     # nothing lost: the distilled corpora hold one target per training source
     for ls in ("0.1", "0"):
         assert len((run_dir / f"distilled_ls{ls}" / "raw" / "train.en").read_text().splitlines()) == 1000
@@ -148,8 +159,8 @@ def test_smoke_quickstart_end_to_end_fills_the_report_and_reruns_nothing(tmp_pat
 
     second = run_quickstart(run_dir, data_dir).stdout
     assert ": running " not in second
-    # prepared; trained, scored, analysed; distilled; the picture, the table, the report
-    assert second.count("(same command and inputs), skipping") == 1 + 7 + 7 + 7 + 2 + 3
+    # prepared; trained, scored, analysed, measured; distilled; the picture, the table, the report
+    assert second.count("(same command and inputs), skipping") == 1 + 7 + 7 + 7 + 7 + 2 + 3
     assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("checkpoint_last.pt")} == checkpoints
 
 
@@ -216,6 +227,25 @@ def test_a_killed_stage_leaves_no_stamp_and_runs_again(fake):
     recipe.wait()
     assert (fake / "started").exists() and sorted(p.name for p in fake.glob("s.done*")) == []
     assert once(fake, "s.done", "s.log", "--", "./fake", "status=0").returncode == 0 and len(runs(fake)) == 2
+
+
+def test_waiting_for_a_core_or_for_the_jobs_shows_every_running_stages_progress(tmp_path):
+    """at_most and wait_all print, once a minute (here once a second), what each stage logging under the
+    run directory last reported: fairseq-train's num_updates, a progress bar's last refresh."""
+    script = f"""source {shlex.quote(str(REPO / "recipes" / "lib.sh"))}
+    mkdir -p run/a run/b
+    background bash -c 'for i in 1 2 3 4; do echo "epoch 001 | num_updates $((i * 50))" >> run/a/train.log; sleep 1; done'
+    background bash -c 'for i in 1 2 3 4 5 6 7; do printf "\\rtranslating test: %d%%" $((i * 14)) >> run/b/eval.log; sleep 1; done'
+    at_most 2 run
+    echo "a core is free"
+    wait_all students run"""
+    result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, cwd=tmp_path,
+                            env={"PATH": "/usr/bin:/bin", "LSKD_PROGRESS_SECONDS": "1"})
+    assert result.returncode == 0, result.stderr
+    waiting, _, rest = result.stdout.partition("a core is free")
+    assert "... waiting for a free core: 2 job(s) running" in waiting
+    assert re.search(r"run/a/train.log: num_updates \d+", waiting) and re.search(r"run/b/eval.log: translating test: \d+%", waiting)
+    assert "... students: 1 job(s) running" in rest and re.search(r"run/b/eval.log: translating test: [5-9]\d%", rest)
 
 
 def test_a_dry_run_prints_the_stage_and_runs_nothing(fake):

@@ -1,0 +1,173 @@
+"""Translating the sentences of a split with a decoding engine: one interface, two engines.
+
+``lskd-eval bleu``, ``lskd-eval speed`` and ``lskd-distill-corpus`` translate sentence ids of one
+split of a ``lskd-prepare`` directory through a :class:`TranslationEngine`. Two engines implement
+it: fairseq's beam search in-process (``fairseq_plugins.decoding.FairseqEngine``, what
+``fairseq-generate`` runs) and CTranslate2 on an exported model
+(:class:`lskd.ctranslate2_engine.CTranslate2Engine`). Both take the same :class:`DecodingOptions`
+with fairseq's meaning (beam, length penalty, maximum length ``a * source length + b``) and return
+SentencePiece pieces, so that callers never see which engine ran.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Protocol, Sequence
+
+from lskd.errors import LSKDError
+
+ENGINES = ("fairseq", "ctranslate2")
+#: CTranslate2 weight types an export or a load can use (``ctranslate2.converters`` ``quantization``).
+QUANTIZATIONS = ("int8", "int8_float32", "float32", "float16", "bfloat16")
+
+
+class EngineError(LSKDError, ValueError):
+    """An engine that cannot decode with these models or settings; the message says why."""
+
+
+def refuse_ensemble(checkpoint: str | Path, what: str = "--engine ctranslate2") -> None:
+    """CTranslate2 runs one model: an ensemble (``a.pt:b.pt``, fairseq's convention) is an :class:`EngineError`."""
+    if ":" in str(checkpoint):
+        raise EngineError(f"{what} with the ensemble {checkpoint}: CTranslate2 runs one model; "
+                          f"the fairseq engine (--engine fairseq) averages ensembles")
+
+
+@dataclass(frozen=True)
+class DecodingOptions:
+    """How to search, with fairseq's meaning for every knob (``fairseq-generate``'s flags of the same name).
+
+    ``max_len_a``, ``max_len_b``: at most ``int(a * S + b)`` target tokens before ``</s>``, where S
+    is the longest source of the batch in tokens including ``</s>`` (fairseq's SequenceGenerator).
+    ``batch_size``: sentences per batch; ``max_batch_tokens`` (optional): also at most this many
+    source tokens (padding included) per batch.
+    """
+
+    beam: int = 5
+    lenpen: float = 1.0
+    max_len_a: float = 1.2
+    max_len_b: int = 10
+    nbest: int = 1
+    batch_size: int = 64
+    max_batch_tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.beam < 1 or not 1 <= self.nbest <= self.beam:
+            raise EngineError(f"beam {self.beam} and n-best {self.nbest}: need 1 <= n-best <= beam")
+        if self.batch_size < 1 or (self.max_batch_tokens is not None and self.max_batch_tokens < 1):
+            raise EngineError(f"batch size {self.batch_size} / {self.max_batch_tokens} tokens must be positive")
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    """``pieces``: target SentencePiece pieces separated by spaces, without ``</s>``; ``score``: the
+    engine's length-normalised log-probability (natural log), used only to rank an n-best list."""
+
+    pieces: str
+    score: float
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """Which engine decodes, on which device, with how many threads.
+
+    ``quantization``: CTranslate2's weight type (``None``: the given export's, else float32);
+    ``ctranslate2_model``: an ``lskd-export`` directory (``None``: the export kept next to the
+    checkpoint, made on first use); ``threads``: 0 means :func:`default_threads`.
+    """
+
+    engine: str = "fairseq"
+    device: str = "cpu"
+    threads: int = 0
+    quantization: str | None = None
+    ctranslate2_model: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise EngineError(f"unknown engine {self.engine!r}: choose one of {', '.join(ENGINES)}")
+        if self.engine == "fairseq" and (self.quantization not in (None, "float32") or self.ctranslate2_model):
+            raise EngineError("--quantization and --ctranslate2-model belong to --engine ctranslate2")
+
+    @property
+    def resolved_threads(self) -> int:
+        return self.threads or default_threads()
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of :class:`EngineSettings`, the same in every command that decodes."""
+    parser.add_argument("--engine", choices=ENGINES, default="fairseq",
+                        help="fairseq: beam search in fairseq (what fairseq-generate runs; ensembles); "
+                             "ctranslate2: CTranslate2 on an export of the checkpoint (default fairseq)")
+    parser.add_argument("--quantization", choices=QUANTIZATIONS,
+                        help="CTranslate2 weight type (default: float32, or the --ctranslate2-model export's)")
+    parser.add_argument("--ctranslate2-model", type=Path,
+                        help="a directory made by lskd-export (default: export the checkpoint next to it on first use)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="CPU threads of the decoder (default 0: OMP_NUM_THREADS, else all cores)")
+    parser.add_argument("--gpu", action="store_true", help="decode on the GPU (default: CPU)")
+
+
+def engine_settings(args: argparse.Namespace) -> EngineSettings:
+    return EngineSettings(engine=args.engine, device="cuda" if args.gpu else "cpu", threads=args.threads,
+                          quantization=args.quantization, ctranslate2_model=args.ctranslate2_model)
+
+
+#: called with the number of sentences a batch just translated (a progress bar's ``update``)
+Progress = Callable[[int], Any]
+
+
+class TranslationEngine(Protocol):
+    """A model opened on one split: translates sentence ids of it, best hypothesis first."""
+
+    #: ``fairseq``, or ``ctranslate2-QUANTIZATION``: names records and output files
+    name: str
+    #: the longest source, in tokens with ``</s>``, it translates (longer ones are the caller's to handle)
+    max_source_tokens: int
+    #: seconds spent inside the search itself (comparable to ``fairseq-generate``'s own timer)
+    decode_seconds: float
+
+    def source_tokens(self, sentence_id: int) -> int:
+        """Length of a source sentence in tokens, ``</s>`` included."""
+
+    def translate(self, ids: Sequence[int], progress: Progress | None = None) -> dict[int, list[Hypothesis]]:
+        """``{id: n-best list}`` for every id (none may be too long); ``progress`` is told each batch's size."""
+
+    def describe(self) -> dict[str, Any]:
+        """What a manifest records about the engine: its name, quantization, threads, device, model."""
+
+
+def is_too_long(engine: TranslationEngine, sentence_id: int) -> bool:
+    return engine.source_tokens(sentence_id) > engine.max_source_tokens
+
+
+def max_target_tokens(options: DecodingOptions, longest_source_tokens: int) -> int:
+    """fairseq's length limit for a batch: ``int(a * S + b)`` tokens before ``</s>``."""
+    return int(options.max_len_a * longest_source_tokens + options.max_len_b)
+
+
+def length_batches(ids: Sequence[int], lengths: Sequence[int], batch_size: int,
+                   max_tokens: int | None = None) -> list[list[int]]:
+    """``ids`` in batches of similar length: sorted by length (stable), cut at ``batch_size``
+    sentences or when ``max_tokens`` (padded: batch size x longest) would be exceeded."""
+    batches: list[list[int]] = []
+    batch: list[int] = []
+    for i in sorted(ids, key=lambda i: lengths[i]):
+        if batch and (len(batch) == batch_size or (max_tokens and (len(batch) + 1) * lengths[i] > max_tokens)):
+            batches.append(batch)
+            batch = []
+        batch.append(i)
+    return batches + [batch] if batch else batches
+
+
+def pieces_to_text(pieces: str) -> str:
+    """Detokenize space-separated SentencePiece pieces exactly as ``fairseq-generate --post-process
+    sentencepiece`` does (``fairseq.data.data_utils.post_process``), so both engines' text matches it."""
+    return pieces.replace(" ", "").replace("\u2581", " ").strip()
+
+
+def default_threads() -> int:
+    """Threads a decoder uses when none are given: ``OMP_NUM_THREADS`` (as torch does), else the
+    cores this process may run on."""
+    value = os.environ.get("OMP_NUM_THREADS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else len(os.sched_getaffinity(0))
