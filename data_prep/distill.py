@@ -285,11 +285,11 @@ def main(argv: list[str] | None = None) -> int:
     settings = engine_settings(args)
     if settings.engine == "ctranslate2":
         refuse_ensemble(args.teacher_path)
-    teacher_paths = [os.path.abspath(p) for p in split_teacher_paths(args.teacher_path)]
-    missing = [p for p in teacher_paths if not os.path.isfile(p)]
+    missing = [p for p in split_teacher_paths(args.teacher_path) if not os.path.isfile(p)]
     if missing:  # before anything is written to --out
         raise TeacherError(f"teacher checkpoint not found: {', '.join(missing)}")
-    teacher_sha = tuple(sha256_file(p) for p in teacher_paths)
+    teachers = describe_teachers(args.teacher_path)  # read safely: a refused checkpoint stops here
+    teacher_sha = tuple(t.sha256 for t in teachers)
     bleu_metric(data.tgt, args.tokenize)  # a tokenizer that cannot run here fails now, not after decoding
     options = DistillOptions(split=args.split, beam=args.beam, lenpen=args.lenpen, max_len_a=args.max_len_a,
                              max_len_b=args.max_len_b, nbest=args.nbest, seq_inter=args.seq_inter,
@@ -319,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[lskd-distill-corpus] {lock} exists: another process is merging (delete it if none is)", flush=True)
         return 0
     try:
-        infos = [asdict(i) for i in describe_teachers(args.teacher_path)]
+        infos = [asdict(i) for i in teachers]
         engine_json = args.out / "engine.json"
         engine_record = (json.loads(engine_json.read_text(encoding="utf-8")) if engine_json.is_file()
                          else {"engine": options.engine, "quantization": options.quantization})

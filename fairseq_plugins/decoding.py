@@ -41,11 +41,10 @@ class FairseqEngine:
 
     def __init__(self, data: PreparedData, split: str, teacher_path: str, options: DecodingOptions,
                  device: str = "cpu", max_source_tokens: int | None = None):
-        from fairseq import utils
         from fairseq.dataclass.configs import GenerationConfig
         from omegaconf import OmegaConf
 
-        from fairseq_plugins.tasks import translation_task
+        from fairseq_plugins.tasks import accepted_positions, translation_task
         from fairseq_plugins.teacher import load_teachers
 
         self.task = translation_task(data.bin_dir, data.src, data.tgt)
@@ -59,7 +58,7 @@ class FairseqEngine:
             nbest=options.nbest))
         self.task.load_dataset(split)
         self.dataset = self.task.dataset(split)
-        accepted = utils.resolve_max_positions(self.task.max_positions(), *[m.max_positions() for m in self.models])[0]
+        accepted = accepted_positions(self.task, self.models)[0]  # the source limit fairseq-generate applies
         self.max_source_tokens = min(accepted, max_source_tokens or accepted)
         self.options = options
         self.order = self._generate_order()

@@ -14,6 +14,7 @@ with fairseq's own filter, for LSKD's commands, which then follow a named policy
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -68,7 +69,10 @@ def translation_task(data: str | Path, src: str | None, tgt: str | None,
     if max_positions:
         argv += ["--max-source-positions", str(max_positions[0]), "--max-target-positions", str(max_positions[1])]
     args = options.parse_args_and_arch(options.get_generation_parser(), argv)
-    return tasks.setup_task(convert_namespace_to_omegaconf(args).task)
+    with warnings.catch_warnings():  # fairseq 0.12's use of hydra's deprecated API: noise on every command
+        warnings.filterwarnings("ignore", message=r"(?s).*hydra", category=UserWarning)
+        cfg = convert_namespace_to_omegaconf(args)
+    return tasks.setup_task(cfg.task)
 
 
 def task_and_model(checkpoint: str | Path, data: PreparedData) -> tuple[Any, torch.nn.Module, Any]:
