@@ -274,10 +274,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 @console_script("lskd-distill-corpus")
 def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    data = load_prepared(args.data)  # bad input is reported before fairseq is imported (seconds)
     from fairseq_plugins.teacher import TeacherError, describe_teachers, split_teacher_paths
 
-    args = build_parser().parse_args(argv)
-    data = load_prepared(args.data)
     if not 1 <= args.nbest <= args.beam:
         raise CorpusError(f"--nbest {args.nbest} must be between 1 and --beam {args.beam}")
     if args.seq_inter and args.nbest < 2:

@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 from eval.bleu import evaluate, format_table, paired_bootstrap, score_files
-from lskd.corpus import read_lines
 from eval.speed import DEFAULT_ENGINES
+from lskd.corpus import read_lines
 from lskd.decoding import QUANTIZATIONS, DecodingOptions, add_engine_arguments, engine_settings
 from lskd.errors import console_script
 from lskd.scoring import TOKENIZERS

@@ -32,10 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 @console_script("lskd-export")
 def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    data = load_prepared(args.data)  # bad input is reported before fairseq is imported (seconds)
     from fairseq_plugins.ctranslate2_export import export_checkpoint
 
-    args = build_parser().parse_args(argv)
-    model = export_checkpoint(args.checkpoint, load_prepared(args.data), args.out, args.quantization, args.overwrite)
+    model = export_checkpoint(args.checkpoint, data, args.out, args.quantization, args.overwrite)
     print(f"[lskd-export] {model.root}: {model.quantization}, {model.parameters:,} parameters, "
           f"{model.size_bytes / 1e6:.1f} MB on disk (checkpoint {args.checkpoint.stat().st_size / 1e6:.1f} MB)")
     return 0

@@ -143,6 +143,7 @@ def test_out_dir_with_other_inputs_is_refused_unless_overwrite(prepared, tmp_pat
     assert json.loads((out / "prep.json").read_text())["inputs"]["train"]["kept_pairs"] == 69
 
 
+@pytest.mark.slow  # two fairseq-preprocess runs: 11 s of the fast suite's minute
 def test_overwrite_replaces_a_preparation(tmp_path):
     first = make_corpus(tmp_path / "a", sizes=(40, 5, 5), special_train_pairs=False)
     second = make_corpus(tmp_path / "b", sizes=(30, 6, 4), special_train_pairs=False)
@@ -264,6 +265,7 @@ def test_the_teachers_vocabulary_is_part_of_the_fingerprint(prepared_for_teacher
                          vocabulary=TeacherVocabulary(vocabulary.spm_model, vocabulary.src_dict, other_target, None))
 
 
+@pytest.mark.slow  # seconds of subprocesses: keeps -m 'not slow' under a minute
 def test_a_teachers_joined_dictionary_stays_joined(tmp_path):
     from fairseq_plugins.teacher_vocabulary import TeacherVocabulary
 
@@ -316,6 +318,7 @@ def test_a_subword_model_that_does_not_fit_the_dictionaries_is_refused(tmp_path,
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow  # seconds of subprocesses: keeps -m 'not slow' under a minute
 def test_a_too_small_vocabulary_is_one_line_and_a_corrected_rerun_is_accepted(tmp_path, capsys):
     prefixes = make_corpus(tmp_path / "c", sizes=(20, 5, 5), special_train_pairs=False)
     assert prepare_cli(tmp_path, prefixes, "--vocab-size", "20") == 2

@@ -271,6 +271,7 @@ esac
 """
 
 
+@pytest.mark.slow  # seconds of subprocesses: keeps -m 'not slow' under a minute
 def test_iwslt14_recipe_runs_its_shards_side_by_side_and_reruns_only_what_changed(tmp_path):
     """The whole recipe, not a dry run, with stand-ins for every command in a fake environment."""
     venv = tmp_path / "venv"

@@ -20,6 +20,7 @@ TEST_IMAGES = 90  # odd per rank (45 each): the shards differ in content, not in
 
 @pytest.mark.skipif(not (FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz").is_file(),
                     reason=f"Fashion-MNIST is not installed: {FASHION_MNIST_INSTALL}")
+@pytest.mark.slow  # seconds of subprocesses: keeps -m 'not slow' under a minute
 def test_two_gloo_workers_train_and_rank_zero_reports_the_reduction_of_both_ranks(tmp_path):
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
     command = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "lskd.train.cli",
