@@ -10,6 +10,12 @@ silently:
   and the merge fails naming any id without exactly one output;
 * a source longer than the teacher accepts is handled by an explicit policy (``copy-reference``
   or ``drop``), counted in the manifest;
+* monolingual source text (``--source-text FILE``, repeatable) is prepared as the corpus was
+  (:mod:`data_prep.source_text`) and translated too: every line ends up decoded, too long or
+  empty, counted per file;
+* degenerate teacher outputs (loops, odd length ratios, the least confident translations) are
+  measured always and left out with ``--filter`` (:mod:`lskd.distilled_data`), counted per reason;
+  an empty output is always left out;
 * work is split into chunks of sentence ids, each written atomically: a killed run resumes from
   its last finished chunk, and ``--num-shards/--shard-id`` let several processes or machines
   decode disjoint parts of the same chunk list; the run whose shard completes the set merges.
@@ -18,9 +24,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -31,9 +37,12 @@ from typing import Any
 import sacrebleu
 from tqdm import tqdm
 
+from data_prep.pipeline import run_preprocess
+from data_prep.source_text import SPLIT as SOURCE_SPLIT, SourceTextFile, check_source_text, prepare_source_text
 from lskd.corpus import CorpusError, read_lines, write_lines
 from lskd.decoding import (DecodingOptions, EngineSettings, Hypothesis, TranslationEngine, add_engine_arguments,
                            engine_settings, is_too_long, refuse_ensemble)
+from lskd.distilled_data import FilterOptions, describe_targets, reason_to_drop, score_per_token, score_threshold
 from lskd.errors import console_script
 from lskd.prepared import PreparedData, load_prepared
 from lskd.provenance import provenance, sha256_file, write_json
@@ -60,6 +69,8 @@ class DistillOptions:
     bleu_tokenize: str = DEFAULT_TOKENIZER  # sacrebleu's, for the target language (Seq-Inter's sentence BLEU)
     engine: str = "fairseq"
     quantization: str | None = None  # CTranslate2's weight type; None for fairseq (float32)
+    source_text_sha256: tuple[str, ...] = ()  # the --source-text files, in order
+    source_text_only: bool = False
 
     def decoding(self, batch_size: int) -> DecodingOptions:
         return DecodingOptions(beam=self.beam, lenpen=self.lenpen, max_len_a=self.max_len_a,
@@ -88,18 +99,19 @@ def decode_pieces(spm_model: Path):
     return lambda pieces: processor.decode_pieces(pieces.split())
 
 
-def choose(nbest: list[Hypothesis], reference: str, detok, sentence_bleu: sacrebleu.BLEU | None) -> str:
+def choose(nbest: list[Hypothesis], reference: str | None, detok, sentence_bleu: sacrebleu.BLEU | None) -> Hypothesis:
     """The kept hypothesis: the best-scoring one, or with Seq-Inter (``sentence_bleu``, a sentence-level
     BLEU tokenized for the target language) the one closest to the reference."""
     if sentence_bleu is None or len(nbest) == 1:
-        return nbest[0].pieces
-    return max(nbest, key=lambda h: sentence_bleu.sentence_score(detok(h.pieces), [reference]).score).pieces
+        return nbest[0]
+    return max(nbest, key=lambda h: sentence_bleu.sentence_score(detok(h.pieces), [reference]).score)
 
 
-def run_chunks(engine: TranslationEngine, out: Path, chunks: list[tuple[int, int]], references: list[str],
+def run_chunks(engine: TranslationEngine, out: Path, chunks: list[tuple[int, int]], references: list[str] | None,
                spm_model: Path, sentence_bleu: sacrebleu.BLEU | None, max_chunks: int | None) -> int:
     """Decode the chunks that have no file yet; returns how many were decoded now. ``sentence_bleu``:
-    Seq-Inter's metric (:func:`choose`), None to keep the best-scoring hypothesis."""
+    Seq-Inter's metric (:func:`choose`; needs ``references``), None to keep the best-scoring hypothesis.
+    A row holds the kept hypothesis's pieces and its score (the engine's, normalised as fairseq's)."""
     detok = decode_pieces(spm_model)
     todo = [c for c in chunks if not chunk_path(out, *c).is_file()]
     if max_chunks is not None:
@@ -115,8 +127,8 @@ def run_chunks(engine: TranslationEngine, out: Path, chunks: list[tuple[int, int
         rows = []
         for i in ids:
             if i in hypotheses:
-                rows.append({"id": i, "status": "decoded",
-                             "pieces": choose(hypotheses[i], references[i], detok, sentence_bleu)})
+                kept = choose(hypotheses[i], references[i] if references else None, detok, sentence_bleu)
+                rows.append({"id": i, "status": "decoded", "pieces": kept.pieces, "score": kept.score})
             else:
                 rows.append({"id": i, "status": "too-long"})
         path = chunk_path(out, start, end)
@@ -146,45 +158,144 @@ def collect(out: Path, total: int, chunk_size: int) -> list[dict]:
     return sorted(rows, key=lambda r: r["id"])
 
 
-def merge(data: PreparedData, out: Path, options: DistillOptions, union: bool, workers: int,
-          teacher_infos: list[dict], engine: dict[str, Any]) -> dict[str, Any]:
-    """Assemble the distilled split in id order, binarize it with the original dictionaries, write the manifest."""
+@dataclass
+class Candidate:
+    """One input sentence on its way into the distilled corpus: its source, and the teacher's output
+    (``pieces``/``score``; None when it was too long) or the gold target where one exists."""
+
+    source_pieces: str
+    raw_source: str
+    pieces: str | None
+    score: float | None
+    reference_pieces: str | None = None
+    raw_reference: str | None = None
+
+
+def parallel_candidates(data: PreparedData, out: Path, options: DistillOptions) -> list[Candidate]:
+    """The decoded split of the corpus, in id order, with its gold pairs."""
     src, tgt, split = data.src, data.tgt, options.split
     raw_src, raw_ref = read_lines(data.raw(split, src)), read_lines(data.raw(split, tgt))
     spm_src, spm_ref = read_lines(data.pieces(split, src)), read_lines(data.pieces(split, tgt))
-    rows = collect(out, len(raw_src), options.chunk_size)
-    detok = decode_pieces(data.spm_model)
-    pairs, counts = [], Counter()
-    for row in rows:
-        i = row["id"]
-        if row["status"] == "decoded":
-            pairs.append((spm_src[i], row["pieces"], raw_src[i], detok(row["pieces"]), raw_ref[i]))
-            counts["decoded"] += 1
-        elif options.too_long == "copy-reference":
-            pairs.append((spm_src[i], spm_ref[i], raw_src[i], raw_ref[i], raw_ref[i]))
-            counts["too_long_copied_reference"] += 1
+    return [Candidate(spm_src[r["id"]], raw_src[r["id"]], r.get("pieces"), r.get("score"), spm_ref[r["id"]],
+                      raw_ref[r["id"]]) for r in collect(out, len(raw_src), options.chunk_size)]
+
+
+def source_text_candidates(text: PreparedData, out: Path, chunk_size: int) -> list[Candidate]:
+    """The decoded source text (:mod:`data_prep.source_text`), in id order; it has no gold targets."""
+    raw_src, spm_src = read_lines(text.raw(SOURCE_SPLIT, text.src)), read_lines(text.pieces(SOURCE_SPLIT, text.src))
+    return [Candidate(spm_src[r["id"]], raw_src[r["id"]], r.get("pieces"), r.get("score"))
+            for r in collect(out, len(raw_src), chunk_size)]
+
+
+#: A pair to write: the candidate it comes from, its target pieces, and its raw target when that is
+#: the gold reference (None: the teacher's output, detokenized)
+Written = tuple[Candidate, str, "str | None"]
+
+
+def decide(candidates: list[Candidate], too_long: str, filtering: FilterOptions, filtered: str, threshold: float,
+           lenpen: float) -> tuple[list[Written], list[str]]:
+    """What each candidate becomes, and its outcome: ``decoded`` (the teacher's output is kept), or
+    ``REASON_copied_reference`` / ``REASON_dropped`` with REASON ``too_long`` (policy ``too_long``) or
+    one of :data:`lskd.distilled_data.REASONS` (policy ``filtered``). Without a reference, copying drops."""
+    written: list[Written] = []
+    outcomes = []
+    for c in candidates:
+        if c.pieces is None:
+            reason, policy = "too_long", too_long
         else:
-            counts["too_long_dropped"] += 1
+            score = None if c.score is None else score_per_token(c.score, len(c.pieces.split()), lenpen)
+            reason, policy = reason_to_drop(c.source_pieces.split(), c.pieces.split(), score, filtering, threshold), filtered
+        if reason is None:
+            written.append((c, c.pieces, None))
+            outcomes.append("decoded")
+        elif policy == "copy-reference" and c.reference_pieces is not None:
+            written.append((c, c.reference_pieces, c.raw_reference))
+            outcomes.append(f"{reason}_copied_reference")
+        else:
+            outcomes.append(f"{reason}_dropped")
+    return written, outcomes
+
+
+def score_cutoff(candidates: list[Candidate], lenpen: float, filtering: FilterOptions) -> float:
+    """The per-token score below which ``--filter`` leaves a teacher output out (its ``--score-quantile``)."""
+    if not filtering.enabled or filtering.score_quantile == 0:
+        return -math.inf
+    decoded = [c for c in candidates if c.pieces is not None]
+    if any(c.score is None for c in decoded):
+        raise CorpusError("these chunks were decoded before LSKD recorded the teacher's scores: pass "
+                          "--score-quantile 0, or --overwrite to decode again")
+    return score_threshold((score_per_token(c.score, len(c.pieces.split()), lenpen) for c in decoded),
+                           filtering.score_quantile)
+
+
+def quality(candidates: list[Candidate], written: list[Written], max_trigram_repeats: int) -> dict:
+    """Loop rate and length ratio of the teacher's outputs, of the references, and of the pairs written."""
+    def described(pairs) -> dict:
+        return describe_targets([(s.split(), t.split()) for s, t in pairs], max_trigram_repeats)
+
+    return {"teacher_outputs": described((c.source_pieces, c.pieces) for c in candidates if c.pieces is not None),
+            "references": described((c.source_pieces, c.reference_pieces) for c in candidates
+                                    if c.reference_pieces is not None),
+            "written": described((c.source_pieces, t) for c, t, _ in written)}
+
+
+def source_text_accounts(files: list[SourceTextFile], outcomes: list[str]) -> list[dict[str, Any]]:
+    """Each ``--source-text`` file with the outcome of each of its lines, counted."""
+    return [asdict(f) | {"outcomes": dict(Counter(outcomes[f.first_id:f.first_id + f.kept])),
+                         "outputs": outcomes[f.first_id:f.first_id + f.kept].count("decoded")} for f in files]
+
+
+def merge(data: PreparedData, out: Path, options: DistillOptions, filtering: FilterOptions, filtered: str,
+          union: bool, workers: int, teacher_infos: list[dict], engine: dict[str, Any],
+          text: tuple[PreparedData, list[SourceTextFile]] | None = None) -> dict[str, Any]:
+    """Assemble the distilled corpus (the split's pairs in id order, then the source text's), filter it,
+    binarize it with the original dictionaries, and write the manifest. Every input is counted once:
+    decoded and kept, copied from its reference, or dropped, with the reason."""
+    parallel = [] if options.source_text_only else parallel_candidates(data, out, options)
+    texts = source_text_candidates(text[0], out / "source_text", options.chunk_size) if text else []
+    threshold = score_cutoff(parallel + texts, options.lenpen, filtering)
+    pairs, outcomes = decide(parallel, options.too_long, filtering, filtered, threshold, options.lenpen)
+    text_pairs, text_outcomes = decide(texts, "drop", filtering, "drop", threshold, options.lenpen)
+    detok = decode_pieces(data.spm_model)
     bleu = bleu_metric(data.tgt, options.bleu_tokenize)
-    distilled_bleu = bleu.corpus_score([p[3] for p in pairs], [[p[4] for p in pairs]])
+    distilled_vs_reference = None
+    if pairs:
+        score = bleu.corpus_score([raw if raw is not None else detok(t) for _, t, raw in pairs],
+                                  [[c.raw_reference for c, _, _ in pairs]])
+        distilled_vs_reference = {"bleu": round(score.score, 2), "signature": str(bleu.get_signature()),
+                                  "text": str(score)}
+    written = pairs + text_pairs
     if union:
-        pairs += [(spm_src[i], spm_ref[i], raw_src[i], raw_ref[i], raw_ref[i]) for i in range(len(raw_src))]
+        written += [(c, c.reference_pieces, c.raw_reference) for c in parallel]
     for directory in ("spm", "raw"):
         (out / directory).mkdir(parents=True, exist_ok=True)
-    write_lines(out / "spm" / f"train.{src}", (p[0] for p in pairs))
-    write_lines(out / "spm" / f"train.{tgt}", (p[1] for p in pairs))
-    write_lines(out / "raw" / f"train.{src}", (p[2] for p in pairs))
-    write_lines(out / "raw" / f"train.{tgt}", (p[3] for p in pairs))
+    write_lines(out / "spm" / f"train.{data.src}", (c.source_pieces for c, _, _ in written))
+    write_lines(out / "spm" / f"train.{data.tgt}", (t for _, t, _ in written))
+    write_lines(out / "raw" / f"train.{data.src}", (c.raw_source for c, _, _ in written))
+    write_lines(out / "raw" / f"train.{data.tgt}", (raw if raw is not None else detok(t) for _, t, raw in written))
+    if not written:
+        raise CorpusError(f"no pair is left to train on ({dict(Counter(outcomes + text_outcomes))}): "
+                          f"loosen --filter's bounds or pass --filtered copy-reference")
     _binarize_with_original_dictionaries(data, out, workers)
+    counts = Counter(outcomes + text_outcomes)
+    files = text[1] if text else []
+    if any(f.empty for f in files):
+        counts["empty_source_dropped"] = sum(f.empty for f in files)
+    inputs = len(parallel) + sum(f.lines for f in files)
+    if sum(counts.values()) != inputs:  # every input has exactly one outcome
+        raise CorpusError(f"distillation lost track of inputs: {inputs} in, outcomes {dict(counts)}")
     manifest = {
-        "source": {**data.provenance(), "split": split},
+        "source": {**data.provenance(), "split": None if options.source_text_only else options.split},
         "teachers": teacher_infos,
         "engine": engine,
         "options": asdict(options) | {"union": union},
-        "counts": {"inputs": len(raw_src), "outputs": len(pairs), **counts},
+        "filter": asdict(filtering) | {"filtered": filtered,
+                                       "score_threshold": None if math.isinf(threshold) else round(threshold, 4)},
+        "counts": {"inputs": inputs, "outputs": len(written), **counts},
+        "source_text": source_text_accounts(files, text_outcomes),
+        "quality": quality(parallel + texts, pairs + text_pairs, filtering.max_trigram_repeats),
         **_timing(out),
-        "distilled_vs_reference": {"bleu": round(distilled_bleu.score, 2), "signature": str(bleu.get_signature()),
-                                   "text": str(distilled_bleu)},
+        "distilled_vs_reference": distilled_vs_reference,
         **provenance(),
     }
     write_json(out / "distill.json", manifest)
@@ -193,7 +304,8 @@ def merge(data: PreparedData, out: Path, options: DistillOptions, union: bool, w
 
 def _timing(out: Path) -> dict[str, float]:
     """Decoding time summed over chunks: in all, and inside beam search alone."""
-    records = [json.loads(p.read_text()) for p in (out / "chunks").glob("*.time.json")]
+    records = [json.loads(p.read_text()) for chunks in (out / "chunks", out / "source_text" / "chunks")
+               for p in chunks.glob("*.time.json")]
     return {"decode_seconds": round(sum(r["seconds"] for r in records), 2),
             "generate_seconds": round(sum(r["generate_seconds"] for r in records), 2)}
 
@@ -203,24 +315,20 @@ def _binarize_with_original_dictionaries(data: PreparedData, out: Path, workers:
     bin_dir = out / "bin"
     if bin_dir.exists():
         shutil.rmtree(bin_dir)
-    command = [sys.executable, "-m", "fairseq_cli.preprocess", "--source-lang", src, "--target-lang", tgt,
-               "--trainpref", str(out / "spm" / "train"), "--validpref", str(data.root / "spm" / "valid"),
-               "--testpref", str(data.root / "spm" / "test"), "--destdir", str(bin_dir),
-               "--srcdict", str(data.dictionary(src)), "--tgtdict", str(data.dictionary(tgt)),
-               "--workers", str(workers)]
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RuntimeError("fairseq-preprocess failed:\n" + result.stderr[-3000:])
+    run_preprocess(["--source-lang", src, "--target-lang", tgt, "--trainpref", str(out / "spm" / "train"),
+                    "--validpref", str(data.root / "spm" / "valid"), "--testpref", str(data.root / "spm" / "test"),
+                    "--destdir", str(bin_dir), "--srcdict", str(data.dictionary(src)),
+                    "--tgtdict", str(data.dictionary(tgt)), "--workers", str(workers)], bin_dir)
     for lang in (src, tgt):
         if sha256_file(bin_dir / f"dict.{lang}.txt") != sha256_file(data.dictionary(lang)):
-            raise RuntimeError(f"dict.{lang}.txt of the distilled data differs from the original dictionary")
+            raise CorpusError(f"dict.{lang}.txt of the distilled data differs from the original dictionary")
     from fairseq.data.indexed_dataset import MMapIndexedDataset
 
     expected = len(read_lines(out / "spm" / f"train.{src}"))
     for lang in (src, tgt):
         found = len(MMapIndexedDataset(str(bin_dir / f"train.{src}-{tgt}.{lang}")))
         if found != expected:
-            raise RuntimeError(f"binarized distilled train.{lang} holds {found} sentences, expected {expected}")
+            raise CorpusError(f"binarized distilled train.{lang} holds {found} sentences, expected {expected}")
 
 
 def _check_options(out: Path, options: DistillOptions, overwrite: bool) -> None:
@@ -263,6 +371,29 @@ def build_parser() -> argparse.ArgumentParser:
                         help="sentences longer than the teacher accepts: copy the reference, or drop (counted either way)")
     parser.add_argument("--max-source-tokens", type=int,
                         help="treat longer sources (in tokens, with end of sentence) as too long (default: what the teacher accepts)")
+    parser.add_argument("--source-text", type=Path, action="append", default=[], metavar="FILE",
+                        help="monolingual source sentences, one per line, to translate too (repeatable): prepared "
+                             "as the corpus was; empty lines counted and left out; --seq-inter does not apply")
+    parser.add_argument("--source-text-only", action="store_true",
+                        help="distil only the --source-text files, not the corpus's --split")
+    filtering = parser.add_argument_group("cleaning the teacher's outputs (lskd.distilled_data; always measured, "
+                                          "applied with --filter; an empty output is always left out)")
+    filtering.add_argument("--filter", action="store_true",
+                           help="leave out outputs that loop, have an odd length ratio, or score lowest")
+    defaults = FilterOptions()
+    filtering.add_argument("--max-trigram-repeats", type=int, default=defaults.max_trigram_repeats,
+                           help=f"an output loops when a trigram of pieces occurs more often (default "
+                                f"{defaults.max_trigram_repeats})")
+    filtering.add_argument("--min-length-ratio", type=float, default=defaults.min_length_ratio,
+                           help=f"target/source length in pieces (default {defaults.min_length_ratio})")
+    filtering.add_argument("--max-length-ratio", type=float, default=defaults.max_length_ratio,
+                           help=f"(default {defaults.max_length_ratio})")
+    filtering.add_argument("--score-quantile", type=float, default=defaults.score_quantile,
+                           help=f"leave out this lowest share of teacher log-probability per token (default "
+                                f"{defaults.score_quantile}; 0: none)")
+    filtering.add_argument("--filtered", choices=POLICIES, default="drop",
+                           help="what a left-out output becomes: drop (default) or copy-reference (the gold pair, "
+                                "where the corpus has one)")
     parser.add_argument("--chunk-size", type=int, default=1000, help="sentences per resumable chunk")
     parser.add_argument("--num-shards", type=int, default=1)
     parser.add_argument("--shard-id", type=int, default=0)
@@ -282,6 +413,8 @@ def main(argv: list[str] | None = None) -> int:
         raise CorpusError(f"--nbest {args.nbest} must be between 1 and --beam {args.beam}")
     if args.seq_inter and args.nbest < 2:
         raise CorpusError("--seq-inter chooses among the n-best: give --nbest 2 or more")
+    if args.source_text_only and not args.source_text:
+        raise CorpusError("--source-text-only needs at least one --source-text FILE")
     settings = engine_settings(args)
     if settings.engine == "ctranslate2":
         refuse_ensemble(args.teacher_path)
@@ -296,21 +429,33 @@ def main(argv: list[str] | None = None) -> int:
                              too_long=args.too_long, chunk_size=args.chunk_size,
                              max_source_tokens=args.max_source_tokens, teacher_sha256=teacher_sha,
                              bleu_tokenize=bleu_tokenizer(data.tgt, args.tokenize),
-                             engine=settings.engine, quantization=_quantization(settings))
+                             engine=settings.engine, quantization=_quantization(settings),
+                             source_text_sha256=tuple(check_source_text(p) for p in args.source_text),
+                             source_text_only=args.source_text_only)
+    filtering = FilterOptions(enabled=args.filter, max_trigram_repeats=args.max_trigram_repeats,
+                              min_length_ratio=args.min_length_ratio, max_length_ratio=args.max_length_ratio,
+                              score_quantile=args.score_quantile)
     _check_options(args.out, options, args.overwrite)
-    total = data.sentences(args.split)
-    chunks = chunk_ranges(total, args.chunk_size)
-    mine = shard_chunks(chunks, args.num_shards, args.shard_id)
-    if any(not chunk_path(args.out, *c).is_file() for c in mine):
-        engine = _open_engine(settings, data, args, options)
-        write_json(args.out / "engine.json", engine.describe())
-        references = read_lines(data.raw(args.split, data.tgt))
-        sentence_bleu = bleu_metric(tokenize=options.bleu_tokenize, sentence=True) if options.seq_inter else None
-        run_chunks(engine, args.out, mine, references, data.spm_model, sentence_bleu, args.max_chunks)
-    left = [c for c in chunks if not chunk_path(args.out, *c).is_file()]
+    text = (prepare_source_text(data, args.source_text, args.out / "source_text", args.workers)
+            if args.source_text else None)
+    parts = ([] if args.source_text_only else [(data, args.split, args.out)]) + \
+        ([(text[0], SOURCE_SPLIT, args.out / "source_text")] if text else [])
+    chunks_left = args.max_chunks
+    for part, split, out in parts:
+        mine = shard_chunks(chunk_ranges(part.sentences(split), args.chunk_size), args.num_shards, args.shard_id)
+        if chunks_left != 0 and any(not chunk_path(out, *c).is_file() for c in mine):
+            engine = _open_engine(settings, part, split, args, options)
+            write_json(args.out / "engine.json", engine.describe())
+            references = read_lines(part.raw(split, part.tgt)) if part is data else None  # source text has none
+            sentence_bleu = (bleu_metric(tokenize=options.bleu_tokenize, sentence=True)
+                             if options.seq_inter and references else None)
+            decoded = run_chunks(engine, out, mine, references, part.spm_model, sentence_bleu, chunks_left)
+            chunks_left = None if chunks_left is None else chunks_left - decoded
+    all_chunks = [(out, c) for part, split, out in parts for c in chunk_ranges(part.sentences(split), args.chunk_size)]
+    left = [c for out, c in all_chunks if not chunk_path(out, *c).is_file()]
     if left:
-        print(f"[lskd-distill-corpus] {len(chunks) - len(left)} of {len(chunks)} chunks done; run again (or the other "
-              f"shards) to finish; the last to finish merges", flush=True)
+        print(f"[lskd-distill-corpus] {len(all_chunks) - len(left)} of {len(all_chunks)} chunks done; run again (or "
+              f"the other shards) to finish; the last to finish merges", flush=True)
         return 0
     lock = args.out / "merge.lock"
     try:
@@ -323,15 +468,26 @@ def main(argv: list[str] | None = None) -> int:
         engine_json = args.out / "engine.json"
         engine_record = (json.loads(engine_json.read_text(encoding="utf-8")) if engine_json.is_file()
                          else {"engine": options.engine, "quantization": options.quantization})
-        manifest = merge(data, args.out, options, args.union, args.workers, infos, engine_record)
+        manifest = merge(data, args.out, options, filtering, args.filtered, args.union, args.workers, infos,
+                         engine_record, text)
     finally:
         lock.unlink(missing_ok=True)
-    c = manifest["counts"]
-    print(f"[lskd-distill-corpus] {c['inputs']} sentences in, {c['outputs']} pairs out "
-          f"({c.get('decoded', 0)} decoded, {c.get('too_long_copied_reference', 0)} too long copied, "
-          f"{c.get('too_long_dropped', 0)} dropped); distilled vs reference "
-          f"BLEU {manifest['distilled_vs_reference']['bleu']}; data in {args.out / 'bin'}", flush=True)
+    print_summary(manifest, args.out)
     return 0
+
+
+def print_summary(manifest: dict[str, Any], out: Path) -> None:
+    """Two lines: what became of the inputs (every outcome counted), and the teacher's loop rate and BLEU."""
+    counts = dict(manifest["counts"])
+    inputs, outputs, decoded = counts.pop("inputs"), counts.pop("outputs"), counts.pop("decoded", 0)
+    others = "".join(f", {n} {outcome.replace('_', ' ')}" for outcome, n in sorted(counts.items()))
+    teacher = manifest["quality"]["teacher_outputs"]
+    bleu = manifest["distilled_vs_reference"]
+    print(f"[lskd-distill-corpus] {inputs} sentences in, {outputs} pairs out ({decoded} decoded and kept{others})",
+          flush=True)
+    print(f"[lskd-distill-corpus] teacher outputs: loop rate {teacher['loop_rate']}, length ratio "
+          f"{(teacher['length_ratio'] or {}).get('mean')}"
+          + (f"; distilled vs reference BLEU {bleu['bleu']}" if bleu else "") + f"; data in {out / 'bin'}", flush=True)
 
 
 def _quantization(settings: EngineSettings) -> str | None:
@@ -347,7 +503,7 @@ def _quantization(settings: EngineSettings) -> str | None:
     return "float32"
 
 
-def _open_engine(settings: EngineSettings, data: PreparedData, args: argparse.Namespace,
+def _open_engine(settings: EngineSettings, data: PreparedData, split: str, args: argparse.Namespace,
                  options: DistillOptions) -> TranslationEngine:
     from fairseq_plugins.decoding import open_engine
 
@@ -355,7 +511,7 @@ def _open_engine(settings: EngineSettings, data: PreparedData, args: argparse.Na
         import torch
 
         torch.set_num_threads(settings.threads)
-    return open_engine(settings, data, args.split, args.teacher_path, options.decoding(args.batch_size),
+    return open_engine(settings, data, split, args.teacher_path, options.decoding(args.batch_size),
                        options.max_source_tokens)
 
 

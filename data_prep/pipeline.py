@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 from lskd.corpus import CorpusError, has_visible_text, read_lines, read_parallel, write_lines
+from lskd.errors import LSKDError
 from lskd.provenance import provenance, sha256_file, write_json
 
 if TYPE_CHECKING:  # the adapter imports fairseq: only when a teacher's vocabulary is used
@@ -91,7 +92,7 @@ def prepare_parallel(
     langs = (options.src, options.tgt)
     raw = {(split.name, lang): lines for split in splits.values() for lang, lines in zip(langs, (split.source, split.target))}
     print("[lskd-prepare] normalising punctuation", flush=True)
-    normalised = {(name, lang): _normalise(lines, lang, options.normalize_punctuation) for (name, lang), lines in raw.items()}
+    normalised = {(name, lang): normalise(lines, lang, options.normalize_punctuation) for (name, lang), lines in raw.items()}
 
     if vocabulary:
         print(f"[lskd-prepare] encoding with the teacher's SentencePiece model {vocabulary.spm_model}", flush=True)
@@ -176,6 +177,11 @@ def _describe_input_files(inputs: Mapping[str, tuple[str | Path, str | Path]]) -
     }
 
 
+def encoded_has_text(encoded: str) -> bool:
+    """Whether SentencePiece pieces carry text: something that prints besides the word-boundary mark."""
+    return has_visible_text(encoded.replace(SPM_WORD_BOUNDARY, ""))
+
+
 def _pairs_with_text(source: list[str], target: list[str]) -> tuple[list[int], dict[str, int]]:
     """Indices of the pairs whose two encoded sides both carry text, and the others counted by reason.
 
@@ -185,13 +191,9 @@ def _pairs_with_text(source: list[str], target: list[str]) -> tuple[list[int], d
     empty only in normalisation (a zero-width space, a control character, a byte-order mark) is
     dropped, not trained on as an end-of-sentence-only sentence.
     """
-
-    def has_text(encoded: str) -> bool:
-        return has_visible_text(encoded.replace(SPM_WORD_BOUNDARY, ""))
-
     kept, dropped = [], {"empty_source": 0, "empty_target": 0, "empty_both": 0}
     for index, (src, tgt) in enumerate(zip(source, target)):
-        src_ok, tgt_ok = has_text(src), has_text(tgt)
+        src_ok, tgt_ok = encoded_has_text(src), encoded_has_text(tgt)
         if src_ok and tgt_ok:
             kept.append(index)
         else:
@@ -239,7 +241,8 @@ def _claim_out_dir(out: Path, fingerprint: str, overwrite: bool) -> str:
     return "fresh"
 
 
-def _normalise(lines: list[str], lang: str, enabled: bool) -> list[str]:
+def normalise(lines: list[str], lang: str, enabled: bool) -> list[str]:
+    """Moses punctuation normalisation for ``lang`` (sacremoses) when ``enabled``; surrounding space stripped."""
     if not enabled:
         return [line.strip() for line in lines]
     from sacremoses import MosesPunctNormalizer
@@ -308,7 +311,6 @@ def _binarize(out: Path, options: PrepOptions, workers: int, vocabulary: Teacher
     else:
         dictionaries = ["--srcdict", str(vocabulary.src_dict), "--tgtdict", str(vocabulary.tgt_dict)]
     command = [
-        sys.executable, "-m", "fairseq_cli.preprocess",
         "--source-lang", options.src, "--target-lang", options.tgt,
         "--trainpref", str(out / "spm" / "train"),
         "--validpref", str(out / "spm" / "valid"),
@@ -317,15 +319,27 @@ def _binarize(out: Path, options: PrepOptions, workers: int, vocabulary: Teacher
         *dictionaries,
         "--workers", str(workers),
     ]
+    run_preprocess(command, bin_dir)
+    if vocabulary is not None:
+        _keep_teacher_dictionaries(bin_dir, options, vocabulary)
+
+
+class PreprocessError(LSKDError, RuntimeError):
+    """fairseq-preprocess failed: its last line and where its whole log is."""
+
+
+def run_preprocess(arguments: list[str], bin_dir: Path) -> None:
+    """Run ``fairseq-preprocess ARGUMENTS`` (``--destdir`` among them, ``bin_dir``), its output in
+    ``bin_dir/preprocess.stdout``; a failure is a :class:`PreprocessError` naming its last line and the log."""
     bin_dir.mkdir(parents=True, exist_ok=True)
     log = bin_dir / "preprocess.stdout"
     with open(log, "w", encoding="utf-8") as handle:
-        result = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT)
+        result = subprocess.run([sys.executable, "-m", "fairseq_cli.preprocess", *arguments], stdout=handle,
+                                stderr=subprocess.STDOUT)
     if result.returncode != 0:
-        tail = log.read_text(encoding="utf-8", errors="replace").splitlines()[-20:]
-        raise RuntimeError("fairseq-preprocess failed:\n" + "\n".join(tail))
-    if vocabulary is not None:
-        _keep_teacher_dictionaries(bin_dir, options, vocabulary)
+        lines = [line for line in log.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+        raise PreprocessError(f"fairseq-preprocess failed (exit {result.returncode}): "
+                              f"{lines[-1].strip() if lines else 'no output'}; full log: {log}")
 
 
 def _keep_teacher_dictionaries(bin_dir: Path, options: PrepOptions, vocabulary: TeacherVocabulary) -> None:

@@ -214,3 +214,105 @@ def test_a_distillation_begun_before_an_option_existed_resumes_with_its_default(
     _check_options(tmp_path, DistillOptions(beam=2), overwrite=False)  # 13a, as that run's Seq-Inter used
     with pytest.raises(CorpusError, match="other options"):
         _check_options(tmp_path, DistillOptions(beam=2, bleu_tokenize="zh"), overwrite=False)
+
+
+def test_a_source_text_file_with_a_bad_byte_or_no_line_stops_before_anything_is_written(tmp_path):
+    from data_prep.source_text import check_source_text
+    from lskd.corpus import CorpusError
+
+    bad = tmp_path / "mono.de"
+    bad.write_bytes("Im Anfang war das Wort\nund das Wort war bei Gott\n".encode() + b"und Gott war \xff das Wort\n")
+    with pytest.raises(CorpusError, match=r"mono.de, line 3"):
+        check_source_text(bad)
+    empty = tmp_path / "empty.de"
+    empty.write_bytes(b"")
+    with pytest.raises(CorpusError, match="empty.de: empty file"):
+        check_source_text(empty)
+
+
+@pytest.mark.slow
+def test_monolingual_text_every_line_accounted_resumed_and_sharded_alike(slice_1001, tmp_path):
+    """John's 879 German verses as monolingual text, with two empty lines and a training source: every line
+    is decoded or counted as empty, the file is recorded by sha256, and a resumed or sharded run equals one run."""
+    from lskd.provenance import sha256_file
+
+    data, teacher = slice_1001
+    verses = (data / "raw" / "test.de").read_text(encoding="utf-8").splitlines()
+    training_source = (data / "raw" / "train.de").read_text(encoding="utf-8").splitlines()[5]
+    mono = tmp_path / "john.de"
+    mono.write_text("\n".join(verses[:400] + ["", training_source, "\u200b"] + verses[400:]) + "\n", encoding="utf-8")
+    args = ["--data", str(data), "--teacher-path", str(teacher), *FAST, "--source-text", str(mono)]
+    assert distill_main(args + ["--out", str(tmp_path / "one"), "--source-text-only"]) == 0
+    manifest = json.loads((tmp_path / "one" / "distill.json").read_text())
+    assert manifest["counts"] == {"inputs": 882, "outputs": 880, "decoded": 880, "empty_source_dropped": 2}
+    [record] = manifest["source_text"]
+    assert record["sha256"] == sha256_file(mono) and record["lines"] == 882 and record["empty"] == 2
+    assert record["in_training_sources"] == 1 and record["outcomes"] == {"decoded": 880}
+    assert (tmp_path / "one" / "raw" / "train.de").read_text(encoding="utf-8").splitlines() == \
+        verses[:400] + [training_source] + verses[400:]
+    assert manifest["distilled_vs_reference"] is None and manifest["quality"]["references"]["pairs"] == 0
+
+    resumed = args + ["--out", str(tmp_path / "resumed"), "--source-text-only"]
+    assert distill_main(resumed + ["--max-chunks", "1"]) == 0 and not (tmp_path / "resumed" / "distill.json").exists()
+    assert distill_main(resumed) == 0
+    for shard in ("0", "1"):
+        assert distill_main(args + ["--out", str(tmp_path / "shards"), "--source-text-only", "--num-shards", "2",
+                                    "--shard-id", shard]) == 0
+    for run in ("resumed", "shards"):
+        assert files(tmp_path / run) == files(tmp_path / "one"), run
+
+    # with the parallel split: its 1001 pairs first, then the text's
+    assert distill_main(args + ["--out", str(tmp_path / "both")]) == 0
+    both = json.loads((tmp_path / "both" / "distill.json").read_text())
+    assert both["counts"] == {"inputs": 1001 + 882, "outputs": 1001 + 880, "decoded": 1001 + 880,
+                              "empty_source_dropped": 2}
+    assert (tmp_path / "both" / "raw" / "train.de").read_text(encoding="utf-8").splitlines() == \
+        training_source_lines(data) + verses[:400] + [training_source] + verses[400:]
+
+
+def training_source_lines(data):
+    return (data / "raw" / "train.de").read_text(encoding="utf-8").splitlines()
+
+
+@pytest.mark.slow
+def test_filter_counts_every_reason_and_copy_reference_keeps_the_gold_pair(slice_1001, engine, uninterrupted, tmp_path):
+    import shutil
+    from collections import Counter
+
+    data, teacher = slice_1001
+    out = tmp_path / "out"
+    shutil.copytree(uninterrupted, out)  # every chunk is decoded: only the merge runs again
+    args = ["--data", str(data), "--teacher-path", str(teacher), "--out", str(out), *FAST, "--engine", engine,
+            "--filter", "--min-length-ratio", "0.1", "--max-length-ratio", "0.5", "--score-quantile", "0.1"]
+    # the outcome of each row, computed here independently of lskd.distilled_data
+    rows = collect(out, 1001, 300)
+    sources = (data / "spm" / "train.de").read_text(encoding="utf-8").splitlines()
+    scores = sorted(r["score"] for r in rows)  # lenpen 1: fairseq's score is already per token
+    threshold = scores[int(0.1 * len(scores))]
+    expected = Counter()
+    for row in rows:
+        target, source = row["pieces"].split(), sources[row["id"]].split()
+        trigrams = Counter(tuple(target[i:i + 3]) for i in range(len(target) - 2))
+        if not target:
+            expected["empty_target"] += 1
+        elif trigrams and max(trigrams.values()) > 3:
+            expected["loop"] += 1
+        elif not 0.1 <= len(target) / len(source) <= 0.5:
+            expected["length_ratio"] += 1
+        elif row["score"] < threshold:
+            expected["low_score"] += 1
+    # this barely trained teacher says one word five times (--max-len-b 5): no trigram more than 3 times
+    assert expected["length_ratio"] and expected["low_score"]
+    for filtered, outcome in (("drop", "dropped"), ("copy-reference", "copied_reference")):
+        assert distill_main(args + ["--filtered", filtered]) == 0
+        manifest = json.loads((out / "distill.json").read_text())
+        counts = manifest["counts"]
+        assert {k[:-len(outcome) - 1]: n for k, n in counts.items() if k.endswith(outcome)} == dict(expected)
+        kept = 1001 - sum(expected.values())
+        assert counts["decoded"] == kept and counts["outputs"] == (kept if filtered == "drop" else 1001)
+        assert len((out / "raw" / "train.en").read_text(encoding="utf-8").splitlines()) == counts["outputs"]
+        assert manifest["filter"]["score_threshold"] == round(threshold, 4)
+    # copied pairs are the gold ones: the distilled corpus now holds some references verbatim
+    references = (data / "raw" / "train.en").read_text(encoding="utf-8").splitlines()
+    written = (out / "raw" / "train.en").read_text(encoding="utf-8").splitlines()
+    assert sum(w == r for w, r in zip(written, references)) >= sum(expected.values())
