@@ -111,12 +111,26 @@ def describe_system(checkpoint: Path) -> dict[str, Any]:
         teacher_ls = teacher_ls or [t.get("label_smoothing") for t in distilled["teachers"]]
         system["distill_beam"] = distilled["options"]["beam"]
         system["distill_teachers"] = [t["path"] for t in distilled["teachers"]]
+        system["distilled_data"] = distilled_data_summary(distilled)
     system["teacher_label_smoothing"] = teacher_ls
     methods = (["seq-KD"] if distilled is not None else []) + (["word-KD"] if word_kd else [])
     system["method"] = " + ".join(methods) or ("CE" if data_found else "unknown")
     if not data_found:
         warnings.append("without its training data, whether it learned from a sequence-level KD corpus is unknown")
     return system
+
+
+def distilled_data_summary(manifest: dict[str, Any]) -> dict[str, Any]:
+    """What a report says about a sequence-level KD corpus (``distill.json``): how degenerate the
+    teacher's outputs were (loop rate, length ratio, against the references), what was left out and why."""
+    quality = manifest.get("quality", {})  # absent from manifests written before LSKD measured it
+    counts = manifest.get("counts", {})
+    left_out = {k: n for k, n in counts.items() if k.endswith(("_dropped", "_copied_reference"))}
+    return {"inputs": counts.get("inputs"), "outputs": counts.get("outputs"), "left_out": left_out,
+            "filter": (manifest.get("filter") or {}).get("enabled", False),
+            "source_text_lines": sum(f["lines"] for f in manifest.get("source_text", [])),
+            **{f"{side}_{key}": (quality.get(side) or {}).get(key)
+               for side in ("teacher_outputs", "references", "written") for key in ("loop_rate", "length_ratio")}}
 
 
 def _word_kd_teacher_smoothing(system: dict[str, Any], warnings: list[str]) -> list[float] | float | None:

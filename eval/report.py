@@ -265,6 +265,36 @@ def plot_bleu_vs_temperature(rows: list[SystemRow], path: Path) -> Path | None:
     return plot_against_temperature(series, "BLEU (sacrebleu)", path)
 
 
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f} %"
+
+
+def _ratio(value: dict[str, float] | None) -> str:
+    return "-" if not value else f"{value['mean']:.2f}"
+
+
+def distilled_data_section(rows: list[SystemRow]) -> list[str]:
+    """For each sequence-level KD system: how degenerate its teacher's outputs were (a trigram repeated
+    more than three times; target/source length in pieces) against the references, and what was left out."""
+    lines = []
+    for row in rows:
+        data = next((r["system"]["distilled_data"] for r in row.provenance if "distilled_data" in r.get("system", {})),
+                    None)
+        if data is None:
+            continue
+        left_out = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in sorted(data["left_out"].items())) or "none"
+        lines.append(f"| {row.system} | {_share(data['teacher_outputs_loop_rate'])} | "
+                     f"{_share(data['references_loop_rate'])} | {_ratio(data['teacher_outputs_length_ratio'])} | "
+                     f"{_ratio(data['references_length_ratio'])} | {'on' if data['filter'] else 'off'} | "
+                     f"{data['inputs']} | {data['outputs']} | {left_out} |")
+    if not lines:
+        return []
+    return ["## Distilled data", "", "Loops: share of targets repeating a trigram of pieces more than three times; "
+            "length: mean target/source length in pieces (lskd-distill-corpus, distill.json).", "",
+            "| system | teacher loops | reference loops | teacher length | reference length | filter | inputs | "
+            "pairs | left out |", "|---|---|---|---|---|---|---|---|---|", *lines, ""]
+
+
 def warnings_section(rows: list[SystemRow]) -> list[str]:
     """What the records of each system could not establish (a teacher or data not found) or left out
     (too-long sentences), if anything."""
@@ -352,7 +382,8 @@ def write_report(run_dir: Path, out: Path | None = None, note: str | None = None
                    "words per second translating the split with CTranslate2 int8 on 1 thread; int8 BLEU: BLEU of "
                    "that output (all from lskd-eval speed, which also records fairseq and float32).")
     return assemble_report(out, run_dir, summary_lines(rows), note,
-                           ["## Results", "", markdown_table(rows), "", legend, "", *warnings_section(rows)],
+                           ["## Results", "", markdown_table(rows), "", legend, "", *distilled_data_section(rows),
+                            *warnings_section(rows)],
                            (plot, "BLEU vs temperature"), provenance_section(rows))
 
 

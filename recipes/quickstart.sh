@@ -2,7 +2,8 @@
 # LSKD quickstart: the paper's question on the embedded Bible De-En corpus, on CPU.
 # Prepares the data; trains two small Transformer teachers, one with label smoothing 0.1 and one
 # without; for each teacher distils a smaller student by word-level KD (T = 1) and one by
-# sequence-level KD (beam-5 decoding of every training source with CTranslate2, int8), and trains
+# sequence-level KD (beam-5 decoding of every training source with CTranslate2, int8, its loops and
+# least confident outputs left out), and trains
 # the same student on the gold data alone as the baseline; scores every system on the Gospel of
 # John with sacrebleu (fairseq's decoding), measures stability (1 - S), calibration (ECE), speed,
 # size and int8 BLEU, draws the teachers' penultimate layers, and writes RUN_DIR/report.md with a
@@ -23,6 +24,8 @@
 #   LSKD_DISTILL_BEAM=B              beam of the sequence-level KD decoding (default 5)
 #   LSKD_DISTILL_ENGINE="ARGS"       its engine (default "--engine ctranslate2 --quantization int8";
 #                                    "--engine fairseq": fairseq-generate's decoding, ~3.5x slower)
+#   LSKD_DISTILL_FILTER="ARGS"       how its outputs are cleaned (default "--filter": loops, odd length
+#                                    ratios and the lowest-scoring 5 % left out; "" keeps them all)
 #   LSKD_SPEED_ENGINES="E..."        engines lskd-eval speed measures each system with, at 1 thread
 #                                    (default "fairseq ct2-int8"; ct2-int8 fills the report's columns)
 #   LSKD_SEED=S                      the students' seed (default 1; teachers always use seed 1)
@@ -54,6 +57,7 @@ STUDENT_UPDATES=${LSKD_STUDENT_UPDATES:-$STUDENT_UPDATES}
 KD_ALPHA=${LSKD_KD_ALPHA:-0.5}
 DISTILL_BEAM=${LSKD_DISTILL_BEAM:-5}
 read -r -a DISTILL_ENGINE <<< "${LSKD_DISTILL_ENGINE:---engine ctranslate2 --quantization int8}"
+read -r -a DISTILL_FILTER <<< "${LSKD_DISTILL_FILTER---filter}"
 read -r -a SPEED_ENGINES <<< "${LSKD_SPEED_ENGINES:-fairseq ct2-int8}"
 SEED=${LSKD_SEED:-1}
 SUFFIX=""; [ "$PROFILE" != smoke ] || SUFFIX=-smoke
@@ -78,7 +82,7 @@ PICTURE=${TOKENS//▁/}; PICTURE=$RUN/plots/penultimate_${PICTURE// /_}.png
 evaluate_job() { score_and_analyse "$1" "$DATA" "$BEAM" && measure_speed "$1" "$DATA" "$BEAM" "${SPEED_ENGINES[@]}"; }
 student_job() { train_student "$@" && evaluate_job "$2"; }
 seqkd_job() {  # seqkd_job TEACHER_DIR DISTILLED_DIR STUDENT_DIR
-  distill_corpus "$1" "$DATA" "$2" "$DISTILL_BEAM" "${DISTILL_ENGINE[@]}" \
+  distill_corpus "$1" "$DATA" "$2" "$DISTILL_BEAM" "${DISTILL_ENGINE[@]}" "${DISTILL_FILTER[@]}" \
     && student_job "$2/bin" "$3" "$STUDENT_UPDATES" "$SEED"
 }
 
@@ -118,5 +122,5 @@ once "$RUN/table.done" "$RUN/table.log" "${scores[@]}" -- lskd-eval table "${sco
 report "$RUN" --summary --note "profile $PROFILE: teachers $UPDATES updates (3+3 layers, 256 dims), \
 students $STUDENT_UPDATES updates (3+3 layers, 128 dims, LS 0, seed $SEED), word-KD T = 1 alpha $KD_ALPHA with the \
 full online teacher distribution, sequence-level KD on the teacher's beam-$DISTILL_BEAM decoding of every training \
-source (${DISTILL_ENGINE[*]}), test decoding beam $BEAM (BLEU: fairseq; speed: ${SPEED_ENGINES[*]} at 1 thread), \
+source (${DISTILL_ENGINE[*]} ${DISTILL_FILTER[*]}), test decoding beam $BEAM (BLEU: fairseq; speed: ${SPEED_ENGINES[*]} at 1 thread), \
 $LSKD_JOBS jobs side by side on $LSKD_CORES cores."

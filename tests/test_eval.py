@@ -393,3 +393,25 @@ def test_the_ls_gap_says_whether_paired_bootstrap_resolves_it(tmp_path):
     assert re.search(r"paired bootstrap p = 0\.[1-9]\d\d: the difference is not resolved at this budget", line), line
     write(tmp_path / "student_ls0.hyp", REFS * 10)  # and now in none
     assert summary_lines(build_rows(tmp_path))[0].endswith("paired bootstrap: the same BLEU, no difference to resolve)")
+
+
+def test_the_report_shows_the_loop_rate_length_ratio_and_what_was_left_out_of_a_distilled_corpus(tmp_path):
+    from eval.bleu import distilled_data_summary
+
+    manifest = {"counts": {"inputs": 1000, "outputs": 900, "decoded": 880, "loop_dropped": 70,
+                           "length_ratio_copied_reference": 20, "too_long_dropped": 30},
+                "filter": {"enabled": True}, "source_text": [{"lines": 400}],
+                "quality": {"teacher_outputs": {"loop_rate": 0.218, "length_ratio": {"mean": 1.31}},
+                            "references": {"loop_rate": 0.018, "length_ratio": {"mean": 1.02}},
+                            "written": {"loop_rate": 0.0, "length_ratio": {"mean": 1.05}}}}
+    summary = distilled_data_summary(manifest)
+    assert summary["left_out"] == {"loop_dropped": 70, "length_ratio_copied_reference": 20, "too_long_dropped": 30}
+    assert summary["source_text_lines"] == 400 and summary["teacher_outputs_loop_rate"] == 0.218
+    seqkd = {"method": "seq-KD", "label_smoothing": 0, "teacher_label_smoothing": [0.1], "distill_beam": 5,
+             "distilled_data": summary}
+    fake_bleu(tmp_path / "student_seqkd" / "eval" / "bleu-test.json", 9.0, seqkd, "c")
+    fake_bleu(tmp_path / "student_gold" / "eval" / "bleu-test.json", 8.0, {"method": "CE", "label_smoothing": 0}, "d")
+    text = write_report(tmp_path).read_text()
+    assert ("| student_seqkd | 21.8 % | 1.8 % | 1.31 | 1.02 | on | 1000 | 900 | 20 length ratio copied reference, "
+            "70 loop dropped, 30 too long dropped |") in text
+    assert text.count("| student_gold |") == 1  # in the results only
