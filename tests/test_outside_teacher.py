@@ -199,7 +199,7 @@ def test_online_kd_scores_are_the_teachers_own_on_its_own_encoding(outside, stud
     assert torch.allclose(teacher_log_probs(criterion._teachers, sample["net_input"]), want, atol=1e-6)
 
 
-def test_sequence_level_kd_and_evaluation_on_separate_dictionaries(outside, student_data, tmp_path):
+def test_sequence_level_kd_and_evaluation_on_separate_dictionaries(verses, outside, student_data, tmp_path):
     from data_prep.distill import main as distill_main
     from eval.cli import main as eval_main
     from lskd.prepared import load_prepared
@@ -207,11 +207,21 @@ def test_sequence_level_kd_and_evaluation_on_separate_dictionaries(outside, stud
     data, slices = student_data
     prepared = load_prepared(data)
     out = tmp_path / "distilled"
+    # monolingual German: verses 2000-2199, an empty line, and one of the student corpus's own sources
+    monolingual = [pair[0] for pair in verses["train"][2000:2200]] + ["", slices["train"][0][0]]
+    write_side(tmp_path / "mono.de", monolingual)
     assert distill_main(["--data", str(data), "--teacher-path", str(outside["lstm"]), "--out", str(out),
-                         "--split", "train", "--beam", "1", "--workers", "1"]) == 0
+                         "--split", "train", "--beam", "1", "--workers", "1", "--source-text",
+                         str(tmp_path / "mono.de")]) == 0
     for lang in (SRC, TGT):  # binarized with the teacher's dictionaries, byte for byte
         assert (out / "bin" / f"dict.{lang}.txt").read_bytes() == prepared.dictionary(lang).read_bytes()
-    assert json.loads((out / "distill.json").read_text())["counts"]["outputs"] == len(slices["train"])
+    manifest = json.loads((out / "distill.json").read_text())
+    # every line in is a pair out but the empty one: the parallel split's, then the text's
+    assert manifest["counts"] == {"inputs": len(slices["train"]) + 202, "outputs": len(slices["train"]) + 201,
+                                  "decoded": len(slices["train"]) + 201, "empty_source_dropped": 1}
+    assert manifest["source_text"][0]["in_training_sources"] == 1
+    assert (out / "raw" / f"train.{SRC}").read_text(encoding="utf-8").splitlines() == \
+        [pair[0] for pair in slices["train"]] + monolingual[:200] + monolingual[201:]
 
     student = tmp_path / "student"
     train_tiny(out / "bin", student, "--criterion", "label_smoothed_cross_entropy", updates=3, arch=STUDENT)
