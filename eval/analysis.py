@@ -100,6 +100,7 @@ def penultimate_points(checkpoint: Path, data_dir: Path, split: str, tokens: Seq
     """(N, 2) plane coordinates and (N,) class indices of decoder states whose gold token is one of ``tokens``
     (sentences too long for the model: ``too_long`` policy)."""
     from fairseq_plugins.tasks import split_batches, task_and_model
+    from fairseq_plugins.teacher import decoder_features, output_embeddings
 
     task, model, info = task_and_model(checkpoint, load_prepared(data_dir))
     lengths = checked_lengths(task, model, split, too_long, "the picture")
@@ -108,10 +109,10 @@ def penultimate_points(checkpoint: Path, data_dir: Path, split: str, tokens: Seq
     missing = [t for t, i in zip(tokens, ids) if i == dictionary.unk()]
     if missing:
         raise CorpusError(f"token(s) {missing} are not in the target dictionary (SentencePiece pieces start with '▁')")
-    templates = model.decoder.output_projection.weight[ids]
+    templates = output_embeddings(model)[ids]
     features, labels = [], []
     for sample in split_batches(task, lengths, max_tokens, torch.device("cpu"), f"features {split}"):
-        hidden, _ = model(**sample["net_input"], features_only=True)
+        hidden = decoder_features(model, sample["net_input"])
         for cls, token in enumerate(ids):
             where = sample["target"].eq(token)
             features.append(hidden[where])

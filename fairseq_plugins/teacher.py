@@ -89,6 +89,26 @@ def _vocabulary_size(model_state: dict, side: str) -> int | None:
     return None
 
 
+def output_embeddings(model: torch.nn.Module) -> torch.Tensor:
+    """The (V, d) weights of a fairseq model's target output layer (a transformer's ``output_projection``,
+    an LSTM's ``fc_out``, or the tied embeddings): one template vector per target class, as the
+    penultimate-layer picture needs them. A model without one (adaptive softmax) is a :class:`TeacherError`."""
+    state = model.state_dict(keep_vars=True)  # every name of a tied weight, unlike named_parameters
+    for key in _VOCABULARY_WEIGHTS["target"]:
+        if key in state:
+            return state[key].detach()
+    raise TeacherError(f"{type(model).__name__} has no target output layer among "
+                       f"{', '.join(_VOCABULARY_WEIGHTS['target'])} (an adaptive softmax?): no class templates")
+
+
+def decoder_features(model: torch.nn.Module, net_input: dict) -> torch.Tensor:
+    """(batch, target length, d) decoder states that the output layer turns into logits, teacher-forced
+    on ``net_input`` (a fairseq batch's). Through ``encoder`` and ``decoder.extract_features``, which
+    transformers and LSTMs share (an LSTM model's forward has no ``features_only``)."""
+    encoder_out = model.encoder(net_input["src_tokens"], src_lengths=net_input["src_lengths"])
+    return model.decoder.extract_features(net_input["prev_output_tokens"], encoder_out)[0]
+
+
 def _first_differences(teacher: list[str], student: list[str], limit: int = 5) -> list[tuple[int, str | None, str | None]]:
     """(index, teacher symbol, student symbol) where the two dictionaries differ (None past an end)."""
     return [(i, a, b) for i, (a, b) in enumerate(zip_longest(teacher, student)) if a != b][:limit]

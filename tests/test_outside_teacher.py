@@ -233,6 +233,7 @@ def test_sequence_level_kd_and_evaluation_on_separate_dictionaries(verses, outsi
                       "--out", str(tmp_path / "eval")]) == 0
     frequent = [line.split()[0] for line in prepared.dictionary(TGT).read_text(encoding="utf-8").splitlines()
                 if line.startswith("\u2581")][:3]
-    assert eval_main(["project", "--checkpoints", str(checkpoint), "--data", str(data), "--tokens", *frequent,
-                      "--out", str(tmp_path / "picture.png")]) == 0
+    # one panel per checkpoint: the pre-norm student and the lstm teacher (its output layer is fc_out)
+    assert eval_main(["project", "--checkpoints", str(checkpoint), str(outside["lstm"]), "--data", str(data),
+                      "--tokens", *frequent, "--out", str(tmp_path / "picture.png")]) == 0
     assert (tmp_path / "picture.png").stat().st_size > 0
