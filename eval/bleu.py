@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from lskd.checkpoint import CheckpointError
 from lskd.corpus import CorpusError, read_lines, write_lines
-from lskd.decoding import DecodingOptions, EngineSettings, pieces_to_text
+from lskd.decoding import DecodingOptions, EngineSettings, pieces_to_text, refuse_ensemble
 from lskd.errors import name_ids
 from lskd.prepared import load_prepared
 from lskd.provenance import provenance, sha256_file, write_json
@@ -178,10 +178,13 @@ def evaluate(checkpoint: Path, data_dir: Path, split: str, out_dir: Path, option
     data = load_prepared(data_dir)
     corpus_metrics(data.tgt, tokenize)  # a tokenizer that cannot run fails now, not after decoding
     if ":" in str(checkpoint):
+        if settings.engine == "ctranslate2":
+            refuse_ensemble(checkpoint)  # says which engine averages ensembles
         raise CheckpointError(f"lskd-eval bleu scores one checkpoint, not the ensemble {checkpoint}")
     if not checkpoint.is_file():
         raise CheckpointError(f"checkpoint not found: {checkpoint}")
     system = describe_system(checkpoint)  # reads it safely first: a refused checkpoint is never decoded
+    engine = open_engine(settings, data, split, str(checkpoint), options)  # an export for other data is refused
     task, model, _ = task_and_model(checkpoint, data)  # fairseq-generate's task defaults and the model's limits
     lengths = check_lengths(task, [model], split)
     lengths.enforce(too_long, hint="pass --too-long skip to score the other sentences (the record lists the ids "
@@ -194,7 +197,6 @@ def evaluate(checkpoint: Path, data_dir: Path, split: str, out_dir: Path, option
     skipped = set(lengths.too_long)
     scored_ids = [i for i in range(lengths.sentences) if i not in skipped]
     references = [all_references[i] for i in scored_ids]
-    engine = open_engine(settings, data, split, str(checkpoint), options)
     with tqdm(total=len(scored_ids), unit="sent", desc=f"translating {split} ({engine.name})") as progress:
         hypotheses = ordered({i: pieces_to_text(nbest[0].pieces)
                               for i, nbest in engine.translate(scored_ids, progress.update).items()}, scored_ids)
