@@ -101,5 +101,4 @@ def test_a_missing_or_refused_checkpoint_is_one_line_in_every_script(tmp_path, c
     assert str(checkpoint) in error[0] and ("checkpoint not found" if kind == "missing" else "builtins.print (at cfg.criterion)") in error[0]
     assert "weights_only=False" not in error[0] and "TORCH_FORCE" not in error[0]
     assert "payload ran" not in captured.out
-    if kind == "missing":
-        assert not (tmp_path / "out").exists()  # failed before writing anything
+    assert not (tmp_path / "out").exists()  # failed before writing anything (no options.json left behind)
