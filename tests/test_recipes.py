@@ -94,7 +94,8 @@ def test_quickstart_dry_run_lists_teachers_students_and_report():
     assert sorted(c[1] for c in seqkd) == ["runs/quickstart/distilled_ls0.1/bin", "runs/quickstart/distilled_ls0/bin"]
     distill = [c for c in commands if c[0] == "lskd-distill-corpus"]
     assert all(c[c.index("--beam") + 1] == "5" and c[c.index("--engine") + 1] == "ctranslate2"
-               and c[c.index("--quantization") + 1] == "int8" for c in distill)
+               and c[c.index("--quantization") + 1] == "int8" and "--filter" in c
+               and c[c.index("--filtered") + 1] == "copy-reference" for c in distill)
     speed = [c for c in commands if c[:2] == ["lskd-eval", "speed"]]
     assert all(c[c.index("--engines") + 1:c.index("--threads")] == ["fairseq", "ct2-int8"] for c in speed)
     smoke = dry_run(recipe="quickstart.sh", LSKD_PROFILE="smoke")
@@ -130,7 +131,9 @@ def test_smoke_quickstart_end_to_end_fills_the_report_and_reruns_nothing(tmp_pat
     first = run_quickstart(run_dir, data_dir).stdout
     systems = {"teacher_ls0.1", "teacher_ls0", "student_gold", "student_wordkd_ls0.1_T1", "student_wordkd_ls0_T1",
                "student_seqkd_ls0.1", "student_seqkd_ls0"}
-    table = [line for line in (run_dir / "report.md").read_text().splitlines() if line.startswith("| ")]
+    report = (run_dir / "report.md").read_text()
+    results, distilled = report.split("## Results")[1].split("## Distilled data")
+    table = [line for line in results.splitlines() if line.startswith("| ")]
     header, rows = [c.strip() for c in table[0].strip("|").split("|")], table[1:]
     assert header == ["system", "method", "teacher", "LS", "seeds", "BLEU", "chrF", "TER", "1 - S", "ECE",
                       "params", "MB (int8)", "words/s (int8, 1 thread)", "int8 BLEU"]
@@ -151,9 +154,11 @@ def test_smoke_quickstart_end_to_end_fills_the_report_and_reruns_nothing(tmp_pat
     assert sum("(LS teacher - non-LS teacher: " in line and "paired bootstrap" in line for line in summary) == 2
     assert sum(" x faster and " in line and "smaller than its teacher teacher_ls" in line for line in summary) == 4
     assert (run_dir / "plots" / "bleu_vs_words_per_second.png").is_file()
-    # nothing lost: the distilled corpora hold one target per training source
+    # nothing lost: the distilled corpora hold one target per training source (a 30-update teacher loops on
+    # every sentence: the gold pairs stand in, counted, and the report says so)
     for ls in ("0.1", "0"):
         assert len((run_dir / f"distilled_ls{ls}" / "raw" / "train.en").read_text().splitlines()) == 1000
+        assert re.search(rf"\| student_seqkd_ls{ls} \| [\d.]+ % \| [\d.]+ % \| .* \| on \| 1000 \| 1000 \| ", distilled)
     checkpoints = {p: p.stat().st_mtime_ns for p in run_dir.rglob("checkpoint_last.pt")}
     assert len(checkpoints) == 7
 
