@@ -7,6 +7,7 @@ else (a bug) keeps its traceback.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import sys
 from typing import Callable, Sequence
@@ -42,6 +43,9 @@ def console_script(prog: str) -> Callable[[Callable[[Sequence[str] | None], int]
     def decorate(main: Callable[[Sequence[str] | None], int]) -> Callable[[Sequence[str] | None], int]:
         @functools.wraps(main)
         def run(argv: Sequence[str] | None = None) -> int:
+            # a command's logging, as fairseq's own commands set it; without it, importing fairseq's
+            # tasks (text_to_speech.py calls basicConfig(level=DEBUG)) prints hydra's debug lines
+            logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(name)s | %(message)s")
             try:
                 return main(argv)
             except LSKDError as err:
