@@ -2,8 +2,8 @@
 # LSKD quickstart: the paper's question on the embedded Bible De-En corpus, on CPU.
 # Prepares the data; trains two small Transformer teachers, one with label smoothing 0.1 and one
 # without; for each teacher distils a smaller student by word-level KD (T = 1) and one by
-# sequence-level KD (beam-5 decoding of every training source with CTranslate2, int8, where the
-# output loops or is among the least confident the gold pair instead), and trains
+# sequence-level KD (beam-5 decoding of every training source with CTranslate2, int8, outputs that
+# loop or are among the least confident left out), and trains
 # the same student on the gold data alone as the baseline; scores every system on the Gospel of
 # John with sacrebleu (fairseq's decoding), measures stability (1 - S), calibration (ECE), speed,
 # size and int8 BLEU, draws the teachers' penultimate layers, and writes RUN_DIR/report.md with a
@@ -24,9 +24,10 @@
 #   LSKD_DISTILL_BEAM=B              beam of the sequence-level KD decoding (default 5)
 #   LSKD_DISTILL_ENGINE="ARGS"       its engine (default "--engine ctranslate2 --quantization int8";
 #                                    "--engine fairseq": fairseq-generate's decoding, ~3.5x slower)
-#   LSKD_DISTILL_FILTER="ARGS"       how its outputs are cleaned (default "--filter --filtered
-#                                    copy-reference": an output that loops, has an odd length ratio or
-#                                    scores in the lowest 5 % gives way to the gold pair; "" keeps all)
+#   LSKD_DISTILL_FILTER="ARGS"       how its outputs are cleaned (default "--filter": outputs that loop,
+#                                    have an odd length ratio or score in the lowest 5 % are left out;
+#                                    smoke: "--filter --filtered copy-reference", as its 30-update
+#                                    teacher loops on every sentence; "" keeps them all)
 #   LSKD_SPEED_ENGINES="E..."        engines lskd-eval speed measures each system with, at 1 thread
 #                                    (default "fairseq ct2-int8"; ct2-int8 fills the report's columns)
 #   LSKD_SEED=S                      the students' seed (default 1; teachers always use seed 1)
@@ -48,9 +49,10 @@ cd "$LSKD_ROOT"
 
 PROFILE=${LSKD_PROFILE:-default}
 case "$PROFILE" in
-  default) UPDATES=800;  STUDENT_UPDATES=500;  LIMIT_TRAIN=();                     BEAM=5 ;;
-  long)    UPDATES=3200; STUDENT_UPDATES=2000; LIMIT_TRAIN=();                     BEAM=5 ;;
-  smoke)   UPDATES=30;   STUDENT_UPDATES=30;   LIMIT_TRAIN=(--limit-train 1000); BEAM=1 ;;
+  default) UPDATES=800;  STUDENT_UPDATES=500;  LIMIT_TRAIN=();                     BEAM=5; FILTER="--filter" ;;
+  long)    UPDATES=3200; STUDENT_UPDATES=2000; LIMIT_TRAIN=();                     BEAM=5; FILTER="--filter" ;;
+  smoke)   UPDATES=30;   STUDENT_UPDATES=30;   LIMIT_TRAIN=(--limit-train 1000); BEAM=1
+           FILTER="--filter --filtered copy-reference" ;;
   *) echo "LSKD_PROFILE must be default, smoke or long (got '$PROFILE')" >&2; exit 2 ;;
 esac
 UPDATES=${LSKD_TEACHER_UPDATES:-$UPDATES}
@@ -58,7 +60,7 @@ STUDENT_UPDATES=${LSKD_STUDENT_UPDATES:-$STUDENT_UPDATES}
 KD_ALPHA=${LSKD_KD_ALPHA:-0.5}
 DISTILL_BEAM=${LSKD_DISTILL_BEAM:-5}
 read -r -a DISTILL_ENGINE <<< "${LSKD_DISTILL_ENGINE:---engine ctranslate2 --quantization int8}"
-read -r -a DISTILL_FILTER <<< "${LSKD_DISTILL_FILTER---filter --filtered copy-reference}"
+read -r -a DISTILL_FILTER <<< "${LSKD_DISTILL_FILTER-$FILTER}"
 read -r -a SPEED_ENGINES <<< "${LSKD_SPEED_ENGINES:-fairseq ct2-int8}"
 SEED=${LSKD_SEED:-1}
 SUFFIX=""; [ "$PROFILE" != smoke ] || SUFFIX=-smoke
