@@ -234,6 +234,7 @@ def test_a_killed_stage_leaves_no_stamp_and_runs_again(fake):
     assert once(fake, "s.done", "s.log", "--", "./fake", "status=0").returncode == 0 and len(runs(fake)) == 2
 
 
+@pytest.mark.slow  # seven seconds of sleeping jobs: keeps -m 'not slow' under a minute
 def test_waiting_for_a_core_or_for_the_jobs_shows_every_running_stages_progress(tmp_path):
     """at_most and wait_all print, once a minute (here once a second), what each stage logging under the
     run directory last reported: fairseq-train's num_updates, a progress bar's last refresh."""
