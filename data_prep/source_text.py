@@ -52,7 +52,7 @@ def check_source_text(path: Path) -> str:
     return its sha256: a bad file stops a distillation before anything is written."""
     if not read_lines(path):
         raise CorpusError(f"{path}: empty file: no source sentence to translate")
-    return sha256_file(path)
+    return sha256_file(path)  # read once more: prepare_source_text reads the file only if it is not prepared yet
 
 
 def source_text_fingerprint(data: PreparedData, files: list[Path]) -> str:
@@ -104,8 +104,9 @@ def _encode_files(data: PreparedData, files: list[Path], out: Path) -> list[Sour
     pieces_kept: list[str] = []
     accounts = []
     for path in files:
-        check_source_text(path)
         lines = read_lines(path)
+        if not lines:
+            raise CorpusError(f"{path}: empty file: no source sentence to translate")
         encoded = [" ".join(p) for p in processor.encode(normalise(lines, data.src, normalize), out_type=str)]
         kept = [i for i, pieces in enumerate(encoded) if encoded_has_text(pieces)]
         accounts.append(SourceTextFile(
