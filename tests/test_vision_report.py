@@ -81,6 +81,6 @@ def test_recipe_runs_end_to_end_on_a_slice_and_reports(tmp_path):
     assert (tmp_path / "lt10" / "penultimate_teachers.png").stat().st_size > 1000
     again = subprocess.run(["bash", str(REPO / "recipes" / "fmnist_ls_kd.sh")], capture_output=True, text=True, env=env,
                            timeout=300)
-    # every stage of a finished run is skipped: 2 x 12 trainings and 2 pictures, nothing runs again
+    # every stage of a finished run is skipped: 2 x 12 trainings, 2 pictures and the report, nothing runs again
     assert again.returncode == 0 and "running" not in again.stdout
-    assert again.stdout.count("done (same command and inputs), skipping") == 2 * 12 + 2
+    assert again.stdout.count("done (same command and inputs), skipping") == 2 * 12 + 2 + 1
