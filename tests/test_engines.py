@@ -133,12 +133,12 @@ def reversal(tmp_path_factory):
     return data, root / "model" / "checkpoint_last.pt", parameters
 
 
-def translate(engine_name, data_dir, checkpoint, split, quantization=None, **options):
+def translate(engine_name, data_dir, checkpoint, split, quantization=None, threads=1, **options):
     from fairseq_plugins.decoding import open_engine
     from lskd.prepared import load_prepared
 
     data = load_prepared(data_dir)
-    settings = EngineSettings(engine_name, threads=1, quantization=quantization)
+    settings = EngineSettings(engine_name, threads=threads, quantization=quantization)
     engine = open_engine(settings, data, split, str(checkpoint), DecodingOptions(batch_size=16, **options))
     hypotheses = engine.translate(range(data.sentences(split)))
     return [hypotheses[i][0].pieces for i in range(data.sentences(split))]
@@ -171,6 +171,8 @@ def test_ctranslate2_float32_translates_as_fairseq_does(reversal):
     for options in ({"beam": 1}, {"beam": 5, "lenpen": 0.0}):  # exact: see lskd.ctranslate2_engine
         fairseq = translate("fairseq", data, checkpoint, "test", **options)
         assert translate("ctranslate2", data, checkpoint, "test", **options) == fairseq, options
+        # two threads: the 4 batches of 16 are translated two at a time, and still come back in order
+        assert translate("ctranslate2", data, checkpoint, "test", threads=2, **options) == fairseq, options
     fairseq, ours = (translate(e, data, checkpoint, "test", beam=5, lenpen=1.0) for e in ("fairseq", "ctranslate2"))
     assert sum(a == b for a, b in zip(fairseq, ours)) >= 0.95 * len(fairseq)
 
