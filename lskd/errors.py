@@ -46,6 +46,7 @@ def console_script(prog: str) -> Callable[[Callable[[Sequence[str] | None], int]
             # a command's logging, as fairseq's own commands set it; without it, importing fairseq's
             # tasks (text_to_speech.py calls basicConfig(level=DEBUG)) prints hydra's debug lines
             logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(name)s | %(message)s")
+            logging.getLogger("sacrebleu").setLevel(logging.WARNING)  # it narrates every paired bootstrap at INFO
             try:
                 return main(argv)
             except LSKDError as err:

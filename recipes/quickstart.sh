@@ -15,7 +15,7 @@
 #   bash recipes/quickstart.sh [--dry-run]     (--dry-run: print every command, run nothing)
 #
 # Budget knobs (environment variables):
-#   LSKD_PROFILE=default|smoke|long  default: ~45 minutes on a 2-core CPU machine;
+#   LSKD_PROFILE=default|smoke|long  default: ~55 minutes on a 2-core CPU machine;
 #                                    smoke: a few minutes (tiny data slice, 30 updates), for CI;
 #                                    long: 4x the default's training, for better models
 #   LSKD_TEACHER_UPDATES=N           override the number of updates per teacher
