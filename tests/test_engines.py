@@ -50,6 +50,23 @@ def test_speed_statistics_match_numpy():
     assert peak_resident_mb() > 1
 
 
+def test_speed_children_give_mkl_one_thread_under_ctranslate2_and_all_under_fairseq(monkeypatch):
+    # CTranslate2 runs N batches on one core each: MKL splitting each small product too made one
+    # sentence 3x slower at 2 threads (25 ms -> 85 ms)
+    import eval.speed
+
+    seen = {}
+
+    def fake_run(command, env, **kwargs):
+        seen[json.loads(command[-1])["spec"]] = (env["OMP_NUM_THREADS"], env["MKL_NUM_THREADS"])
+        return subprocess.CompletedProcess(command, 0, stdout="{}\n", stderr="")
+
+    monkeypatch.setattr(eval.speed.subprocess, "run", fake_run)
+    for spec in ("fairseq", "ct2-int8"):
+        eval.speed._run_child({"spec": spec, "threads": 2})
+    assert seen == {"fairseq": ("2", "2"), "ct2-int8": ("2", "1")}
+
+
 def test_bad_engine_settings_are_refused():
     with pytest.raises(EngineError, match="belong to --engine ctranslate2"):
         EngineSettings(engine="fairseq", quantization="int8")
