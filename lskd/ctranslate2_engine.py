@@ -118,7 +118,8 @@ class CTranslate2Engine:
     ``threads`` on CPU: that many batches are translated side by side, one core each (CTranslate2's
     ``inter_threads``; ``intra_threads`` 1), because splitting one batch's small matrices over cores
     does not pay: on the quickstart's teacher, 2 cores gave 107 sentences/s as two parallel batches
-    and 47 as one batch on two threads, against 51 on one core (``benchmarks/decode_engines.py``).
+    and 47 as one batch on two threads, against 51 on one core (int8, beam 5, John, batches of 64;
+    ``benchmarks/decode_engines.py`` shows the resulting ratios).
     A single sentence thus runs on one core. On a GPU, ``threads`` is ``intra_threads`` (host work).
     """
 
