@@ -41,7 +41,7 @@ from data_prep.pipeline import run_preprocess
 from data_prep.source_text import SPLIT as SOURCE_SPLIT, SourceTextFile, check_source_text, prepare_source_text
 from lskd.corpus import CorpusError, read_lines, write_lines
 from lskd.decoding import (DecodingOptions, EngineSettings, Hypothesis, TranslationEngine, add_engine_arguments,
-                           engine_settings, is_too_long, refuse_ensemble)
+                           engine_settings, is_too_long, refuse_ensemble, set_decoder_threads)
 from lskd.distilled_data import FilterOptions, describe_targets, reason_to_drop, score_per_token, score_threshold
 from lskd.errors import console_script
 from lskd.prepared import PreparedData, load_prepared
@@ -507,10 +507,7 @@ def _open_engine(settings: EngineSettings, data: PreparedData, split: str, args:
                  options: DistillOptions) -> TranslationEngine:
     from fairseq_plugins.decoding import open_engine
 
-    if settings.engine == "fairseq" and settings.threads:
-        import torch
-
-        torch.set_num_threads(settings.threads)
+    set_decoder_threads(settings)
     return open_engine(settings, data, split, args.teacher_path, options.decoding(args.batch_size),
                        options.max_source_tokens)
 

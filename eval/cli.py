@@ -9,7 +9,7 @@ from pathlib import Path
 from eval.bleu import evaluate, format_table, paired_bootstrap, score_files
 from eval.speed import DEFAULT_ENGINES
 from lskd.corpus import read_lines
-from lskd.decoding import QUANTIZATIONS, DecodingOptions, add_engine_arguments, engine_settings
+from lskd.decoding import QUANTIZATIONS, DecodingOptions, add_engine_arguments, engine_settings, set_decoder_threads
 from lskd.errors import console_script
 from lskd.scoring import TOKENIZERS
 from lskd.too_long import TOO_LONG_POLICIES
@@ -148,10 +148,7 @@ def _bleu(args: argparse.Namespace) -> None:
     options = DecodingOptions(beam=args.beam, lenpen=args.lenpen, max_len_a=args.max_len_a, max_len_b=args.max_len_b,
                               batch_size=args.batch_size)
     settings = engine_settings(args)
-    if settings.engine == "fairseq" and settings.threads:
-        import torch
-
-        torch.set_num_threads(settings.threads)
+    set_decoder_threads(settings)
     record = evaluate(args.checkpoint, args.data, args.split, args.out, options, settings, args.tokenize, args.too_long)
     _print_scores(record["scores"])
     _print_warnings(record)

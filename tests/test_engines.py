@@ -1,6 +1,7 @@
 """Two decoding engines behind one interface: fairseq in-process and CTranslate2 on an lskd-export."""
 import io
 import json
+import os
 import random
 import re
 import subprocess
@@ -13,7 +14,7 @@ from conftest import REPO, run_module, train_tiny
 from lskd.corpus import iter_lines
 from lskd.ctranslate2_engine import ExportMismatchError, ExportedModel
 from lskd.decoding import (DecodingOptions, EngineError, EngineSettings, length_batches, max_target_tokens,
-                           pieces_to_text, refuse_ensemble)
+                           pieces_to_text, refuse_ensemble, set_decoder_threads)
 from lskd.prepared import PreparedData
 from lskd.speed import evenly_spaced, peak_resident_mb, percentile
 
@@ -65,6 +66,38 @@ def test_speed_children_give_mkl_one_thread_under_ctranslate2_and_all_under_fair
     for spec in ("fairseq", "ct2-int8"):
         eval.speed._run_child({"spec": spec, "threads": 2})
     assert seen == {"fairseq": ("2", "2"), "ct2-int8": ("2", "1")}
+
+
+def test_decoding_commands_give_ctranslate2_one_mkl_thread_and_fairseq_its_torch_threads(monkeypatch):
+    # a launcher's MKL_NUM_THREADS=2 (recipes/lib.sh exports it for fairseq-train) made one sentence
+    # 80 ms instead of 25 under CTranslate2 at 2 threads; both decoding commands reset it before opening
+    import argparse
+
+    import data_prep.distill
+    import eval.cli
+    import fairseq_plugins.decoding
+
+    seen = []
+
+    def record_environment(*args, **kwargs):
+        seen.append(os.environ["MKL_NUM_THREADS"])
+        return {"scores": {}}
+
+    monkeypatch.setattr(eval.cli, "evaluate", record_environment)
+    monkeypatch.setattr(fairseq_plugins.decoding, "open_engine", record_environment)
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: seen.append(f"torch {n}"))
+    for engine, threads in (("ctranslate2", "2"), ("fairseq", "3")):
+        monkeypatch.setenv("MKL_NUM_THREADS", "2")
+        assert eval.cli.main(["bleu", "--checkpoint", "c.pt", "--data", "d", "--out", "o", "--engine", engine,
+                              "--threads", threads]) == 0
+        monkeypatch.setenv("MKL_NUM_THREADS", "2")
+        data_prep.distill._open_engine(EngineSettings(engine=engine, threads=int(threads)), None, "train",
+                                       argparse.Namespace(teacher_path="t.pt", batch_size=4),
+                                       data_prep.distill.DistillOptions())
+    assert seen == ["1", "1", "torch 3", "2", "torch 3", "2"]
+    monkeypatch.setenv("MKL_NUM_THREADS", "4")
+    set_decoder_threads(EngineSettings(engine="ctranslate2", device="cuda"))  # MKL is the CPU's
+    assert os.environ["MKL_NUM_THREADS"] == "4"
 
 
 def test_bad_engine_settings_are_refused():
