@@ -23,7 +23,7 @@
 #   LSKD_KD_ALPHA=A                  weight of the word-level KD term (default 0.5)
 #   LSKD_DISTILL_BEAM=B              beam of the sequence-level KD decoding (default 5)
 #   LSKD_DISTILL_ENGINE="ARGS"       its engine (default "--engine ctranslate2 --quantization int8";
-#                                    "--engine fairseq": fairseq-generate's decoding, ~3.5x slower)
+#                                    "--engine fairseq": fairseq-generate's decoding, ~2.4x slower)
 #   LSKD_DISTILL_FILTER="ARGS"       how its outputs are cleaned (default "--filter": outputs that loop,
 #                                    have an odd length ratio or score in the lowest 5 % are left out;
 #                                    smoke: "--filter --filtered copy-reference", as its 30-update
@@ -101,17 +101,21 @@ sequence-level KD (beam $DISTILL_BEAM, ${DISTILL_ENGINE[*]}) from each teacher, 
 $LSKD_JOBS job(s) at a time"
 # One pool, in an order that keeps both cores busy to the end (2 cores, measured: a sequence-level KD
 # job, decoding then training and scoring, ~19 min; word-level KD ~9; gold ~6; scoring a teacher ~3):
-# the LS teacher's distillation starts at once beside both teachers' scoring, so their BLEU shows early.
+# the LS teacher's distillation starts at once beside both teachers' scoring, so their BLEU shows early;
+# the other distillation waits for a word-level KD student, as two decodings side by side slow each
+# other (13.3 -> 14.9 min each, measured).
 pool() { background "$@"; at_most "$LSKD_JOBS" "$RUN"; }
+word_kd_job() {  # word_kd_job LS: the word-level KD student of the teacher with label smoothing LS
+  local kd; word_kd_args kd "$RUN/teacher_ls$1/checkpoint_last.pt" 1 "$KD_ALPHA"
+  student_job "$DATA/bin" "$RUN/student_wordkd_ls${1}_T1_seed$SEED" "$STUDENT_UPDATES" "$SEED" "${kd[@]}"
+}
 pool seqkd_job "$RUN/teacher_ls0.1" "$RUN/distilled_ls0.1" "$RUN/student_seqkd_ls0.1_seed$SEED"
 for ls in 0.1 0; do
   pool evaluate_job "$RUN/teacher_ls$ls"
 done
+pool word_kd_job 0.1
 pool seqkd_job "$RUN/teacher_ls0" "$RUN/distilled_ls0" "$RUN/student_seqkd_ls0_seed$SEED"
-for ls in 0.1 0; do
-  word_kd_args kd "$RUN/teacher_ls$ls/checkpoint_last.pt" 1 "$KD_ALPHA"
-  pool student_job "$DATA/bin" "$RUN/student_wordkd_ls${ls}_T1_seed$SEED" "$STUDENT_UPDATES" "$SEED" "${kd[@]}"
-done
+pool word_kd_job 0
 background student_job "$DATA/bin" "$RUN/student_gold_seed$SEED" "$STUDENT_UPDATES" "$SEED"
 wait_all "teachers' scoring and students" "$RUN"
 
