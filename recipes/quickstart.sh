@@ -99,11 +99,11 @@ stage "score both teachers on the test split (beam $BEAM; stability 1 - S, calib
 and train the students ($STUDENT_UPDATES updates each, seed $SEED): word-level KD at T = 1 (alpha $KD_ALPHA) and \
 sequence-level KD (beam $DISTILL_BEAM, ${DISTILL_ENGINE[*]}) from each teacher, and the gold-data baseline; \
 $LSKD_JOBS job(s) at a time"
-# One pool, in an order that keeps both cores busy to the end (2 cores, measured: a sequence-level KD
-# job, decoding then training and scoring, ~19 min; word-level KD ~9; gold ~6; scoring a teacher ~3):
-# the LS teacher's distillation starts at once beside both teachers' scoring, so their BLEU shows early;
-# the other distillation waits for a word-level KD student, as two decodings side by side slow each
-# other (13.3 -> 14.9 min each, measured).
+# One pool, longest chains first (2 cores: a sequence-level KD job, decoding then training and scoring,
+# ~19 min; word-level KD ~9; gold ~6; scoring a teacher ~3). The LS teacher's distillation starts beside
+# both teachers' scoring, so their BLEU shows early; the other waits for a word-level KD student, as two
+# decodings side by side slow each other (13.3 -> 14.9 min each). Measured, this and two other orders
+# all took 54-55 min: the ~100 core-minutes of work, not the order, set the time.
 pool() { background "$@"; at_most "$LSKD_JOBS" "$RUN"; }
 word_kd_job() {  # word_kd_job LS: the word-level KD student of the teacher with label smoothing LS
   local kd; word_kd_args kd "$RUN/teacher_ls$1/checkpoint_last.pt" 1 "$KD_ALPHA"
