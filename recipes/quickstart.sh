@@ -95,29 +95,27 @@ for ls in 0.1 0; do
 done
 wait_all "teacher training" "$RUN"
 
-stage "score both teachers on the test split (beam $BEAM; stability 1 - S, calibration, speed with ${SPEED_ENGINES[*]} at 1 thread) \
-and train the students ($STUDENT_UPDATES updates each, seed $SEED): word-level KD at T = 1 (alpha $KD_ALPHA) and \
-sequence-level KD (beam $DISTILL_BEAM, ${DISTILL_ENGINE[*]}) from each teacher, and the gold-data baseline; \
-$LSKD_JOBS job(s) at a time"
-# One pool, longest chains first (2 cores: a sequence-level KD job, decoding then training and scoring,
-# ~19 min; word-level KD ~9; gold ~6; scoring a teacher ~3). The LS teacher's distillation starts beside
-# both teachers' scoring, so their BLEU shows early; the other waits for a word-level KD student, as two
-# decodings side by side slow each other (13.3 -> 14.9 min each). Measured, this and two other orders
-# all took 54-55 min: the ~100 core-minutes of work, not the order, set the time.
-pool() { background "$@"; at_most "$LSKD_JOBS" "$RUN"; }
-word_kd_job() {  # word_kd_job LS: the word-level KD student of the teacher with label smoothing LS
-  local kd; word_kd_args kd "$RUN/teacher_ls$1/checkpoint_last.pt" 1 "$KD_ALPHA"
-  student_job "$DATA/bin" "$RUN/student_wordkd_ls${1}_T1_seed$SEED" "$STUDENT_UPDATES" "$SEED" "${kd[@]}"
-}
-pool seqkd_job "$RUN/teacher_ls0.1" "$RUN/distilled_ls0.1" "$RUN/student_seqkd_ls0.1_seed$SEED"
+# The teachers are scored beside each other, before any student job: their speed rows are then measured
+# beside the same kind of job. (One pool of every job after the teachers, in two orders, took the same
+# 54-55 min, and measured a teacher's words/s beside a distillation: 902 instead of 1,118.)
+stage "score both teachers on the test split (beam $BEAM), analyse them (stability 1 - S, calibration), measure their speed (${SPEED_ENGINES[*]}, 1 thread)"
 for ls in 0.1 0; do
-  pool evaluate_job "$RUN/teacher_ls$ls"
+  background evaluate_job "$RUN/teacher_ls$ls"
 done
-pool word_kd_job 0.1
-pool seqkd_job "$RUN/teacher_ls0" "$RUN/distilled_ls0" "$RUN/student_seqkd_ls0_seed$SEED"
-pool word_kd_job 0
+wait_all "teacher evaluation" "$RUN"
+
+stage "students ($STUDENT_UPDATES updates each, seed $SEED, $LSKD_JOBS at a time): word-level KD at T = 1 (alpha $KD_ALPHA) and sequence-level KD (beam $DISTILL_BEAM, ${DISTILL_ENGINE[*]}) from each teacher, and the gold-data baseline"
+# Longest jobs first, so the cores finish together.
+for ls in 0.1 0; do
+  teacher=$RUN/teacher_ls$ls
+  background seqkd_job "$teacher" "$RUN/distilled_ls$ls" "$RUN/student_seqkd_ls${ls}_seed$SEED"
+  at_most "$LSKD_JOBS" "$RUN"
+  word_kd_args kd "$teacher/checkpoint_last.pt" 1 "$KD_ALPHA"
+  background student_job "$DATA/bin" "$RUN/student_wordkd_ls${ls}_T1_seed$SEED" "$STUDENT_UPDATES" "$SEED" "${kd[@]}"
+  at_most "$LSKD_JOBS" "$RUN"
+done
 background student_job "$DATA/bin" "$RUN/student_gold_seed$SEED" "$STUDENT_UPDATES" "$SEED"
-wait_all "teachers' scoring and students" "$RUN"
+wait_all "students" "$RUN"
 
 stage "draw both teachers' penultimate layers"
 penultimate_picture "$PICTURE" "$DATA" "$TOKENS" \
