@@ -112,13 +112,19 @@ def _clean(text: str) -> str:
 
 
 def write_bible_corpus(
-    out_dir: Path, src: str, tgt: str, src_code: str, tgt_code: str, limit_train: int | None = None
+    out_dir: Path, src: str, tgt: str, src_code: str, tgt_code: str, limit_train: int | None = None,
+    limit_test: int | None = None,
 ) -> tuple[dict[str, tuple[Path, Path]], dict]:
-    """Write ``corpus/{split}.{lang}`` files for the pipeline; return their paths and a summary."""
+    """Write ``corpus/{split}.{lang}`` files for the pipeline; return their paths and a summary.
+
+    ``limit_train`` / ``limit_test``: keep only the first N pairs of that split (smoke runs and tests,
+    where decoding all of John would cost more than it checks); the summary records both.
+    """
     db = fetch_bible_db()
     pairs = extract_parallel(db, src_code, tgt_code)
-    if limit_train is not None:
-        pairs["train"] = pairs["train"][:limit_train]
+    for split, limit in (("train", limit_train), ("test", limit_test)):
+        if limit is not None:
+            pairs[split] = pairs[split][:limit]
     corpus = out_dir / "corpus"
     corpus.mkdir(parents=True, exist_ok=True)
     paths = {}
@@ -135,6 +141,7 @@ def write_bible_corpus(
             "test_books": list(TEST_BOOKS),
             "valid_books": list(VALID_BOOKS),
             "limit_train": limit_train,
+            "limit_test": limit_test,
             "extracted_pairs": {name: len(rows) for name, rows in pairs.items()},
         }
     }

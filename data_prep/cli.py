@@ -13,6 +13,17 @@ DEFAULT_VOCAB_SIZE = 8000
 DEFAULT_SPM_MODEL_TYPE = "unigram"
 
 
+def _pair_count(text: str) -> int:
+    """A ``--limit-*`` value: at least one pair (a negative slice would silently drop the last pairs)."""
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of pairs >= 1, got {text!r}")
+    return count
+
+
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="output directory")
     parser.add_argument("--vocab-size", type=int,
@@ -67,7 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     bible.add_argument("--tgt", default="en", help="target language code (default en)")
     bible.add_argument("--src-bible", help="translation code for the source (default: Elberfelder for de, KJV for en, ...)")
     bible.add_argument("--tgt-bible", help="translation code for the target")
-    bible.add_argument("--limit-train", type=int, help="keep only the first N training pairs (smoke runs, tests)")
+    bible.add_argument("--limit-train", type=_pair_count, help="keep only the first N training pairs (smoke runs, tests)")
+    bible.add_argument("--limit-test", type=_pair_count,
+                       help="keep only the first N test pairs of John (smoke runs, tests; default all 879)")
     _add_common(bible)
 
     text = commands.add_parser("text", help="your own parallel corpus: PREFIX.SRC / PREFIX.TGT per split")
@@ -95,7 +108,8 @@ def run(args: argparse.Namespace) -> dict:
         src_code = resolve_bible(src, args.src_bible)
         tgt_code = resolve_bible(tgt, args.tgt_bible)
         args.out.mkdir(parents=True, exist_ok=True)
-        inputs, extra = write_bible_corpus(args.out, src, tgt, src_code, tgt_code, args.limit_train)
+        inputs, extra = write_bible_corpus(args.out, src, tgt, src_code, tgt_code, args.limit_train,
+                                           args.limit_test)
         counts = extra["bible"]["extracted_pairs"]
         print(f"[lskd-prepare] Bible {src_code}->{tgt_code}: train {counts['train']}, valid {counts['valid']}, "
               f"test {counts['test']} verse pairs", flush=True)

@@ -415,6 +415,9 @@ def main(argv: list[str] | None = None) -> int:
         raise CorpusError("--seq-inter chooses among the n-best: give --nbest 2 or more")
     if args.source_text_only and not args.source_text:
         raise CorpusError("--source-text-only needs at least one --source-text FILE")
+    for flag in ("chunk_size", "num_shards"):
+        if getattr(args, flag) < 1:
+            raise CorpusError(f"--{flag.replace('_', '-')} {getattr(args, flag)} must be at least 1")
     settings = engine_settings(args)
     if settings.engine == "ctranslate2":
         refuse_ensemble(args.teacher_path)
@@ -435,6 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     filtering = FilterOptions(enabled=args.filter, max_trigram_repeats=args.max_trigram_repeats,
                               min_length_ratio=args.min_length_ratio, max_length_ratio=args.max_length_ratio,
                               score_quantile=args.score_quantile)
+    options.decoding(args.batch_size)  # beam, batch and length limit refused now, before --out is written
     _check_options(args.out, options, args.overwrite)
     text = (prepare_source_text(data, args.source_text, args.out / "source_text", args.workers)
             if args.source_text else None)

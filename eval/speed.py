@@ -42,11 +42,17 @@ def all_cores() -> int:
 
 def measure_speed(checkpoint: Path, data_dir: Path, split: str, out_dir: Path, options: DecodingOptions,
                   engines: list[str], threads: list[int], latency_sentences: int = 100, gpu: bool = False) -> dict[str, Any]:
-    """Measure every engine at every thread count (0: all cores); write ``out_dir/speed-SPLIT.json``."""
+    """Measure every engine at every thread count (0: all cores); write ``out_dir/speed-SPLIT.json``.
+
+    Bad counts are an :class:`EngineError` before any export or translation."""
     from eval.bleu import score
     from fairseq_plugins.checkpoint import load_fairseq_checkpoint
     from fairseq_plugins.ctranslate2_export import count_parameters, export_beside
 
+    if not threads or min(threads) < 0:
+        raise EngineError(f"--threads {' '.join(map(str, threads))}: give thread counts, 0 for all cores")
+    if latency_sentences < 1:
+        raise EngineError(f"--latency-sentences {latency_sentences}: the p50/p90 latency needs at least one sentence")
     data = load_prepared(data_dir)
     references = read_lines(data.raw(split, data.tgt))
     specs = {spec: parse_engine(spec) for spec in dict.fromkeys(engines)}

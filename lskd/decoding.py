@@ -56,8 +56,15 @@ class DecodingOptions:
     def __post_init__(self) -> None:
         if self.beam < 1 or not 1 <= self.nbest <= self.beam:
             raise EngineError(f"beam {self.beam} and n-best {self.nbest}: need 1 <= n-best <= beam")
-        if self.batch_size < 1 or (self.max_batch_tokens is not None and self.max_batch_tokens < 1):
-            raise EngineError(f"batch size {self.batch_size} / {self.max_batch_tokens} tokens must be positive")
+        if self.batch_size < 1:
+            raise EngineError(f"--batch-size {self.batch_size} must be at least 1")
+        if self.max_batch_tokens is not None and self.max_batch_tokens < 1:
+            raise EngineError(f"--max-batch-tokens {self.max_batch_tokens} must be at least 1")
+        # the shortest source is one piece and </s> (S = 2); a limit below 1 fails inside fairseq's search
+        # (an assertion) and would give CTranslate2 empty outputs
+        if self.max_len_a < 0 or int(self.max_len_a * 2 + self.max_len_b) < 1:
+            raise EngineError(f"--max-len-a {self.max_len_a} --max-len-b {self.max_len_b}: the length limit "
+                              f"int(a * S + b) must allow a target token for every source (a >= 0, int(2a + b) >= 1)")
 
 
 @dataclass(frozen=True)
@@ -89,6 +96,8 @@ class EngineSettings:
             raise EngineError(f"unknown engine {self.engine!r}: choose one of {', '.join(ENGINES)}")
         if self.engine == "fairseq" and (self.quantization not in (None, "float32") or self.ctranslate2_model):
             raise EngineError("--quantization and --ctranslate2-model belong to --engine ctranslate2")
+        if self.threads < 0:
+            raise EngineError(f"--threads {self.threads}: give a number of threads, or 0 for all cores")
 
     @property
     def resolved_threads(self) -> int:

@@ -16,7 +16,8 @@
 #
 # Budget knobs (environment variables):
 #   LSKD_PROFILE=default|smoke|long  default: ~55 minutes on a 2-core CPU machine;
-#                                    smoke: a few minutes (tiny data slice, 30 updates), for CI;
+#                                    smoke: a few minutes (1,000 training verses, the first 200 of
+#                                    John as test, 30 updates), for CI;
 #                                    long: 4x the default's training, for better models
 #   LSKD_TEACHER_UPDATES=N           override the number of updates per teacher
 #   LSKD_STUDENT_UPDATES=N           override the number of updates per student
@@ -49,9 +50,9 @@ cd "$LSKD_ROOT"
 
 PROFILE=${LSKD_PROFILE:-default}
 case "$PROFILE" in
-  default) UPDATES=800;  STUDENT_UPDATES=500;  LIMIT_TRAIN=();                     BEAM=5; FILTER="--filter" ;;
-  long)    UPDATES=3200; STUDENT_UPDATES=2000; LIMIT_TRAIN=();                     BEAM=5; FILTER="--filter" ;;
-  smoke)   UPDATES=30;   STUDENT_UPDATES=30;   LIMIT_TRAIN=(--limit-train 1000); BEAM=1
+  default) UPDATES=800;  STUDENT_UPDATES=500;  LIMITS=();                                    BEAM=5; FILTER="--filter" ;;
+  long)    UPDATES=3200; STUDENT_UPDATES=2000; LIMITS=();                                    BEAM=5; FILTER="--filter" ;;
+  smoke)   UPDATES=30;   STUDENT_UPDATES=30;   LIMITS=(--limit-train 1000 --limit-test 200); BEAM=1
            FILTER="--filter --filtered copy-reference" ;;
   *) echo "LSKD_PROFILE must be default, smoke or long (got '$PROFILE')" >&2; exit 2 ;;
 esac
@@ -75,7 +76,7 @@ if [ -n "${LSKD_PREPARED:-}" ]; then
   share_embeddings_like "$DATA"
 else
   stage "prepare the Bible De-En corpus (test = John, valid = Ruth + Philemon) in $DATA"
-  once "$DATA/prepare.done" - -- lskd-prepare bible --out "$DATA" --vocab-size 4000 "${LIMIT_TRAIN[@]}"
+  once "$DATA/prepare.done" - -- lskd-prepare bible --out "$DATA" --vocab-size 4000 "${LIMITS[@]}"
 fi
 TOKENS=${LSKD_PICTURE_TOKENS:-▁God ▁Lord ▁water}
 PICTURE=${TOKENS//▁/}; PICTURE=$RUN/plots/penultimate_${PICTURE// /_}.png

@@ -107,9 +107,34 @@ def test_bad_engine_settings_are_refused():
         EngineSettings(engine="marian")
     with pytest.raises(EngineError, match="n-best"):
         DecodingOptions(beam=2, nbest=3)
+    with pytest.raises(EngineError, match="--threads -1: give a number of threads, or 0 for all cores"):
+        EngineSettings(engine="ctranslate2", threads=-1)
+    with pytest.raises(EngineError, match="--max-len-a -1 --max-len-b 10: the length limit"):
+        DecodingOptions(max_len_a=-1)
+    with pytest.raises(EngineError, match="must allow a target token for every source"):
+        DecodingOptions(max_len_a=0, max_len_b=0)
+    assert max_target_tokens(DecodingOptions(max_len_a=0.5, max_len_b=0), 2) == 1  # the smallest limit accepted
+    with pytest.raises(EngineError, match="--batch-size 0 must be at least 1"):
+        DecodingOptions(batch_size=0)
+    with pytest.raises(EngineError, match="--max-batch-tokens 0 must be at least 1"):
+        DecodingOptions(max_batch_tokens=0)
     with pytest.raises(EngineError, match="the fairseq engine .* averages ensembles"):
         refuse_ensemble("a.pt:b.pt")
     refuse_ensemble("a.pt")
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--threads", "1", "-1"], "--threads 1 -1: give thread counts, 0 for all cores"),
+    (["--latency-sentences", "0"], "--latency-sentences 0: the p50/p90 latency needs at least one sentence"),
+])
+def test_speed_refuses_bad_counts_before_any_work(tmp_path, capsys, flags, message):
+    # before: --latency-sentences 0 translated the whole split, then failed on "percentile of no values"
+    from eval.cli import main as eval_main
+
+    assert eval_main(["speed", "--checkpoint", str(tmp_path / "teacher.pt"), "--data", str(tmp_path / "data"),
+                      "--out", str(tmp_path / "out"), *flags]) == 2
+    assert capsys.readouterr().err.strip() == f"lskd-eval: error: {message}"
+    assert not (tmp_path / "out").exists()
 
 
 def test_parameters_count_tied_embeddings_once():

@@ -102,3 +102,14 @@ def test_a_missing_or_refused_checkpoint_is_one_line_in_every_script(tmp_path, c
     assert "weights_only=False" not in error[0] and "TORCH_FORCE" not in error[0]
     assert "payload ran" not in captured.out
     assert not (tmp_path / "out").exists()  # failed before writing anything (no options.json left behind)
+
+
+@pytest.mark.parametrize("flags,message", [(["--chunk-size", "0"], "--chunk-size 0 must be at least 1"),
+                                           (["--num-shards", "0"], "--num-shards 0 must be at least 1")])
+def test_distill_refuses_a_count_below_one_before_writing_anything(tmp_path, capsys, flags, message):
+    # before: --chunk-size 0 was a traceback (range() arg 3 must not be zero), --num-shards 0 a riddle
+    argv = ["--data", str(fake_prepared(tmp_path / "data")), "--teacher-path", str(tmp_path / "t.pt"),
+            "--out", str(tmp_path / "out"), *flags]
+    assert distill_main(argv) == 2
+    assert capsys.readouterr().err.strip() == f"lskd-distill-corpus: error: {message}"
+    assert not (tmp_path / "out").exists()

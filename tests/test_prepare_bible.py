@@ -52,3 +52,33 @@ def test_real_bible_slice_counts_and_manifest(bible_slice):
     assert len(test_en) == 879
     assert test_en[0] == "In the beginning was the Word, and the Word was with God, and the Word was God."
     assert (bible_slice / "bin" / "dict.de.txt").read_bytes() == (bible_slice / "bin" / "dict.en.txt").read_bytes()
+
+
+def test_limits_keep_the_first_train_and_test_pairs_and_are_recorded(tmp_path, monkeypatch):
+    from data_prep import bible
+
+    db = tmp_path / "bible.db"
+    with sqlite3.connect(db) as c:
+        c.execute("CREATE TABLE bible (id INTEGER, bbName TEXT, bNumber INTEGER, cNumber INTEGER, vNumber INTEGER, vText TEXT)")
+        for book, verses in ((1, 3), (43, 3), (8, 2)):  # Genesis: train, John: test, Ruth: valid
+            for verse in range(1, verses + 1):
+                c.execute("INSERT INTO bible VALUES (0, 'e', ?, 1, ?, ?)", (book, verse, f"de {book}:{verse}"))
+                c.execute("INSERT INTO bible VALUES (0, 'k', ?, 1, ?, ?)", (book, verse, f"en {book}:{verse}"))
+    monkeypatch.setattr(bible, "fetch_bible_db", lambda: db)
+    paths, summary = bible.write_bible_corpus(tmp_path / "out", "de", "en", "e", "k", limit_train=2, limit_test=1)
+    lines = {split: [p.read_text(encoding="utf-8").splitlines() for p in pair] for split, pair in paths.items()}
+    assert lines == {"train": [["de 1:1", "de 1:2"], ["en 1:1", "en 1:2"]], "test": [["de 43:1"], ["en 43:1"]],
+                     "valid": [["de 8:1", "de 8:2"], ["en 8:1", "en 8:2"]]}
+    record = summary["bible"]
+    assert (record["limit_train"], record["limit_test"]) == (2, 1)
+    assert record["extracted_pairs"] == {"train": 2, "valid": 2, "test": 1}
+
+
+@pytest.mark.parametrize("flag,value", [("--limit-test", "0"), ("--limit-train", "-5"), ("--limit-test", "ten")])
+def test_a_limit_below_one_pair_is_refused_before_any_work(tmp_path, capsys, flag, value):
+    from data_prep.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["bible", "--out", str(tmp_path / "out"), flag, value])
+    assert stop.value.code == 2 and not (tmp_path / "out").exists()
+    assert f"argument {flag}: expected a number of pairs >= 1, got '{value}'" in capsys.readouterr().err

@@ -99,7 +99,7 @@ def test_quickstart_dry_run_lists_teachers_students_and_report():
     speed = [c for c in commands if c[:2] == ["lskd-eval", "speed"]]
     assert all(c[c.index("--engines") + 1:c.index("--threads")] == ["fairseq", "ct2-int8"] for c in speed)
     smoke = dry_run(recipe="quickstart.sh", LSKD_PROFILE="smoke")
-    assert smoke[0][-2:] == ["--limit-train", "1000"]
+    assert smoke[0][-4:] == ["--limit-train", "1000", "--limit-test", "200"]
     assert {c[c.index("--max-update") + 1] for c in smoke if c[0] == "fairseq-train"} == {"30"}
 
 
