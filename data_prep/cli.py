@@ -7,21 +7,10 @@ from pathlib import Path
 
 from data_prep.pipeline import PrepOptions, prepare_parallel
 from lskd.corpus import CorpusError
-from lskd.errors import console_script
+from lskd.errors import console_script, count_at_least
 
 DEFAULT_VOCAB_SIZE = 8000
 DEFAULT_SPM_MODEL_TYPE = "unigram"
-
-
-def _pair_count(text: str) -> int:
-    """A ``--limit-*`` value: at least one pair (a negative slice would silently drop the last pairs)."""
-    try:
-        count = int(text)
-    except ValueError:
-        count = 0
-    if count < 1:
-        raise argparse.ArgumentTypeError(f"expected a number of pairs >= 1, got {text!r}")
-    return count
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -37,7 +26,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--src-dict", type=Path, help="the teacher's source dictionary (default: found with --teacher)")
     parser.add_argument("--tgt-dict", type=Path, help="the teacher's target dictionary (default: found with --teacher)")
     parser.add_argument("--no-normalize", action="store_true", help="skip sacremoses punctuation normalisation")
-    parser.add_argument("--workers", type=int, default=2, help="fairseq-preprocess worker processes")
+    parser.add_argument("--workers", type=count_at_least(1), default=2, help="fairseq-preprocess worker processes")
     parser.add_argument("--overwrite", action="store_true", help="replace data prepared from other inputs in --out")
 
 
@@ -78,8 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     bible.add_argument("--tgt", default="en", help="target language code (default en)")
     bible.add_argument("--src-bible", help="translation code for the source (default: Elberfelder for de, KJV for en, ...)")
     bible.add_argument("--tgt-bible", help="translation code for the target")
-    bible.add_argument("--limit-train", type=_pair_count, help="keep only the first N training pairs (smoke runs, tests)")
-    bible.add_argument("--limit-test", type=_pair_count,
+    bible.add_argument("--limit-train", type=count_at_least(1), help="keep only the first N training pairs (smoke runs, tests)")
+    bible.add_argument("--limit-test", type=count_at_least(1),
                        help="keep only the first N test pairs of John (smoke runs, tests; default all 879)")
     _add_common(bible)
 

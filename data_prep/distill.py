@@ -43,7 +43,7 @@ from lskd.corpus import CorpusError, read_lines, write_lines
 from lskd.decoding import (DecodingOptions, EngineSettings, Hypothesis, TranslationEngine, add_engine_arguments,
                            engine_settings, is_too_long, refuse_ensemble, set_decoder_threads)
 from lskd.distilled_data import FilterOptions, describe_targets, reason_to_drop, score_per_token, score_threshold
-from lskd.errors import console_script
+from lskd.errors import console_script, count_at_least
 from lskd.prepared import PreparedData, load_prepared
 from lskd.provenance import provenance, sha256_file, write_json
 from lskd.scoring import DEFAULT_TOKENIZER, TOKENIZERS, bleu_metric, bleu_tokenizer
@@ -369,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--union", action="store_true", help="also keep the original pairs")
     parser.add_argument("--too-long", choices=POLICIES, default="copy-reference",
                         help="sentences longer than the teacher accepts: copy the reference, or drop (counted either way)")
-    parser.add_argument("--max-source-tokens", type=int,
+    parser.add_argument("--max-source-tokens", type=count_at_least(2),
                         help="treat longer sources (in tokens, with end of sentence) as too long (default: what the teacher accepts)")
     parser.add_argument("--source-text", type=Path, action="append", default=[], metavar="FILE",
                         help="monolingual source sentences, one per line, to translate too (repeatable): prepared "
@@ -394,11 +394,11 @@ def build_parser() -> argparse.ArgumentParser:
     filtering.add_argument("--filtered", choices=POLICIES, default="drop",
                            help="what a left-out output becomes: drop (default) or copy-reference (the gold pair, "
                                 "where the corpus has one)")
-    parser.add_argument("--chunk-size", type=int, default=1000, help="sentences per resumable chunk")
-    parser.add_argument("--num-shards", type=int, default=1)
+    parser.add_argument("--chunk-size", type=count_at_least(1), default=1000, help="sentences per resumable chunk")
+    parser.add_argument("--num-shards", type=count_at_least(1), default=1)
     parser.add_argument("--shard-id", type=int, default=0)
-    parser.add_argument("--max-chunks", type=int, help="stop after decoding this many chunks (resume later)")
-    parser.add_argument("--workers", type=int, default=2, help="fairseq-preprocess workers")
+    parser.add_argument("--max-chunks", type=count_at_least(1), help="stop after decoding this many chunks (resume later)")
+    parser.add_argument("--workers", type=count_at_least(1), default=2, help="fairseq-preprocess workers")
     parser.add_argument("--overwrite", action="store_true", help="discard a distillation made with other options")
     return parser
 
@@ -415,9 +415,6 @@ def main(argv: list[str] | None = None) -> int:
         raise CorpusError("--seq-inter chooses among the n-best: give --nbest 2 or more")
     if args.source_text_only and not args.source_text:
         raise CorpusError("--source-text-only needs at least one --source-text FILE")
-    for flag in ("chunk_size", "num_shards"):
-        if getattr(args, flag) < 1:
-            raise CorpusError(f"--{flag.replace('_', '-')} {getattr(args, flag)} must be at least 1")
     settings = engine_settings(args)
     if settings.engine == "ctranslate2":
         refuse_ensemble(args.teacher_path)

@@ -87,9 +87,15 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 < args.k <= len(task.target_dictionary):
         raise TopKCacheError(f"--k {args.k} must be between 1 and the vocabulary size ({len(task.target_dictionary)})")
     teachers, infos = load_teachers(args.teacher_path, task)
+    splits = [split.strip() for split in args.splits.split(",") if split.strip()]
+    for split in splits or [""]:  # all checked before the teacher's pass over the first, which may take hours
+        try:
+            task.load_dataset(split)
+        except FileNotFoundError:
+            raise TopKCacheError(f"--splits {args.splits!r}: {args.data} has no binarized split {split!r}") from None
     device = torch.device("cuda" if args.gpu else "cpu")
     teachers = [t.to(device) for t in teachers]
-    for split in args.splits.split(","):
+    for split in splits:
         manifest = dump_split(task, teachers, infos, split, args.k, args.out, args.max_tokens, device, args.too_long)
         size = (args.out / split / "indices.npy").stat().st_size + (args.out / split / "probs.npy").stat().st_size
         kept = manifest["sentences"] - manifest["skipped"]["count"]

@@ -10,7 +10,7 @@ from eval.bleu import evaluate, format_table, paired_bootstrap, score_files
 from eval.speed import DEFAULT_ENGINES
 from lskd.corpus import read_lines
 from lskd.decoding import QUANTIZATIONS, DecodingOptions, add_engine_arguments, engine_settings, set_decoder_threads
-from lskd.errors import console_script
+from lskd.errors import console_script, count_at_least
 from lskd.scoring import TOKENIZERS
 from lskd.too_long import TOO_LONG_POLICIES
 
@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     stability.add_argument("--data", required=True, type=Path, help="directory made by lskd-prepare")
     stability.add_argument("--split", default="test")
     stability.add_argument("--out", required=True, type=Path, help="directory for stability-SPLIT.json")
-    stability.add_argument("--max-classes", type=int, default=1000,
+    stability.add_argument("--max-classes", type=count_at_least(1), default=1000,
                            help="the most frequent gold tokens used as classes (memory: N x V x 8 bytes; default 1000)")
     stability.add_argument("--max-tokens", type=int, default=4096)
     add_too_long(stability, "the statistics")
@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--baseline", required=True, type=Path, help="baseline hypotheses")
     compare.add_argument("--system", required=True, type=Path, help="system hypotheses")
     compare.add_argument("--ref", required=True, type=Path)
-    compare.add_argument("--samples", type=int, default=1000)
+    compare.add_argument("--samples", type=count_at_least(1), default=1000)
     add_tokenize(compare, tgt_lang=True)
 
     table = commands.add_parser("table", help="print the scores of bleu-SPLIT.json records side by side")

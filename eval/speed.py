@@ -45,15 +45,15 @@ def measure_speed(checkpoint: Path, data_dir: Path, split: str, out_dir: Path, o
     """Measure every engine at every thread count (0: all cores); write ``out_dir/speed-SPLIT.json``.
 
     Bad counts are an :class:`EngineError` before any export or translation."""
-    from eval.bleu import score
-    from fairseq_plugins.checkpoint import load_fairseq_checkpoint
-    from fairseq_plugins.ctranslate2_export import count_parameters, export_beside
-
     if not threads or min(threads) < 0:
         raise EngineError(f"--threads {' '.join(map(str, threads))}: give thread counts, 0 for all cores")
     if latency_sentences < 1:
         raise EngineError(f"--latency-sentences {latency_sentences}: the p50/p90 latency needs at least one sentence")
-    data = load_prepared(data_dir)
+    data = load_prepared(data_dir)  # bad input is reported before fairseq is imported (seconds)
+    from eval.bleu import score
+    from fairseq_plugins.checkpoint import load_fairseq_checkpoint
+    from fairseq_plugins.ctranslate2_export import count_parameters, export_beside
+
     references = read_lines(data.raw(split, data.tgt))
     specs = {spec: parse_engine(spec) for spec in dict.fromkeys(engines)}
     models = {spec: export_beside(checkpoint, data, q) for spec, (engine, q) in specs.items() if engine == "ctranslate2"}

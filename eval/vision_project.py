@@ -17,7 +17,7 @@ from typing import Sequence
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from lskd.errors import LSKDError, console_script
+from lskd.errors import LSKDError, console_script, count_at_least
 from lskd.projection import project_onto_template_plane, save_projection_figure
 from lskd.train.config import TrainConfig, from_dict
 from lskd.vision.data import build_data, normalize
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--classes", nargs=3, required=True, metavar="NAME", help="three class names")
     parser.add_argument("--out", required=True, help="PNG file")
     parser.add_argument("--data-dir", help="the data, if not where the checkpoints were trained on")
-    parser.add_argument("--limit", type=int, help="use only the first N test images")
+    parser.add_argument("--limit", type=count_at_least(1), help="use only the first N test images")
     args = parser.parse_args(argv)
     print(projection_figure(args.checkpoints, args.classes, args.out, args.data_dir, args.limit))
     return 0

@@ -6,6 +6,7 @@ else (a bug) keeps its traceback.
 """
 from __future__ import annotations
 
+import argparse
 import functools
 import logging
 import os
@@ -34,6 +35,22 @@ def name_ids(ids: Sequence[int], shown: int = 20) -> str:
     ids = [int(i) for i in ids]
     listed = ", ".join(map(str, ids[:shown]))
     return f"{listed} and {len(ids) - shown} more" if len(ids) > shown else listed
+
+
+def count_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse ``type`` for a count flag: an integer >= ``minimum``, else argparse's usage error
+    (exit status 2), before any work; a negative count would otherwise slice lists from the end."""
+
+    def parse(text: str) -> int:
+        try:
+            count = int(text)
+        except ValueError:
+            count = None
+        if count is None or count < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
+        return count
+
+    return parse
 
 
 def console_script(prog: str) -> Callable[[Callable[[Sequence[str] | None], int]], Callable[[Sequence[str] | None], int]]:

@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from lskd.errors import LSKDError, console_script, one_line
+from lskd.errors import LSKDError, console_script
 
 
 @console_script("lskd-demo")
@@ -104,12 +104,45 @@ def test_a_missing_or_refused_checkpoint_is_one_line_in_every_script(tmp_path, c
     assert not (tmp_path / "out").exists()  # failed before writing anything (no options.json left behind)
 
 
-@pytest.mark.parametrize("flags,message", [(["--chunk-size", "0"], "--chunk-size 0 must be at least 1"),
-                                           (["--num-shards", "0"], "--num-shards 0 must be at least 1")])
-def test_distill_refuses_a_count_below_one_before_writing_anything(tmp_path, capsys, flags, message):
-    # before: --chunk-size 0 was a traceback (range() arg 3 must not be zero), --num-shards 0 a riddle
-    argv = ["--data", str(fake_prepared(tmp_path / "data")), "--teacher-path", str(tmp_path / "t.pt"),
-            "--out", str(tmp_path / "out"), *flags]
-    assert distill_main(argv) == 2
-    assert capsys.readouterr().err.strip() == f"lskd-distill-corpus: error: {message}"
-    assert not (tmp_path / "out").exists()
+
+def _prepare_argv(tmp_path):
+    return ["bible", "--out", str(tmp_path / "out")]
+
+
+def _distill_argv(tmp_path):
+    return ["--data", str(tmp_path / "data"), "--teacher-path", str(tmp_path / "t.pt"), "--out", str(tmp_path / "out")]
+
+
+def _eval_argv(command):
+    return lambda tmp_path: [command, "--checkpoint", str(tmp_path / "t.pt"), "--data", str(tmp_path / "data"),
+                             "--out", str(tmp_path / "out")]
+
+
+COUNT_FLAGS = [  # (script, main, argv before the flag, flag, bad value, minimum)
+    ("lskd-prepare", "data_prep.cli", _prepare_argv, "--limit-train", "-5", 1),  # [:-5] dropped the last 5 pairs
+    ("lskd-prepare", "data_prep.cli", _prepare_argv, "--limit-test", "0", 1),
+    ("lskd-prepare", "data_prep.cli", _prepare_argv, "--workers", "0", 1),  # fairseq-preprocess: size // 0, late
+    ("lskd-distill-corpus", "data_prep.distill", _distill_argv, "--chunk-size", "0", 1),  # range() traceback
+    ("lskd-distill-corpus", "data_prep.distill", _distill_argv, "--num-shards", "0", 1),
+    ("lskd-distill-corpus", "data_prep.distill", _distill_argv, "--max-chunks", "-1", 1),  # skipped the last chunk forever
+    ("lskd-distill-corpus", "data_prep.distill", _distill_argv, "--workers", "ten", 1),
+    ("lskd-distill-corpus", "data_prep.distill", _distill_argv, "--max-source-tokens", "1", 2),  # all "too long"
+    ("lskd-eval stability", "eval.cli", _eval_argv("stability"), "--max-classes", "0", 1),  # "over 0 classes"
+    ("lskd-eval compare", "eval.cli", lambda p: ["compare", "--baseline", "a", "--system", "b", "--ref", "r"],
+     "--samples", "-5", 1),  # sacrebleu used 1000 and the record said -5
+    ("lskd-vision-project", "eval.vision_project", lambda p: ["--checkpoints", "c.pt", "--classes", "a", "b", "c",
+                                                           "--out", str(p / "o.png")],
+     "--limit", "0", 1),
+    ("lskd-train", "lskd.train.cli", lambda p: ["config.yaml"], "--stop-after-epochs", "-1", 1),
+]
+
+
+@pytest.mark.parametrize("script,module,argv,flag,value,minimum", COUNT_FLAGS, ids=[f"{c[0]} {c[3]}" for c in COUNT_FLAGS])
+def test_a_count_flag_below_its_minimum_is_refused_before_any_work(tmp_path, capsys, script, module, argv, flag, value,
+                                                                   minimum):
+    import importlib
+
+    with pytest.raises(SystemExit) as stop:
+        importlib.import_module(module).main([*argv(tmp_path), flag, value])
+    assert stop.value.code == 2 and not (tmp_path / "out").exists()
+    assert f"error: argument {flag}: expected an integer >= {minimum}, got '{value}'" in capsys.readouterr().err

@@ -144,6 +144,17 @@ def test_cache_for_other_data_is_refused(bible_slice, trained_checkpoint, tmp_pa
               "--train-subset", "valid", "--teacher-topk-cache", str(tmp_path / "cache"))
 
 
+def test_dump_topk_names_a_missing_split_before_dumping_any(bible_slice, trained_checkpoint, tmp_path, capsys):
+    # before: " nope" (or "train, valid") reached fairseq's FileNotFoundError traceback after train was dumped
+    from data_prep.dump_topk import main as dump_main
+
+    assert dump_main([str(bible_slice / "bin"), "--teacher-path", str(trained_checkpoint), "--k", "4",
+                      "--out", str(tmp_path / "cache"), "--splits", "valid, nope"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"lskd-dump-topk: error: --splits 'valid, nope': {bible_slice / 'bin'} has no binarized split 'nope'")
+    assert not (tmp_path / "cache").exists()
+
+
 @pytest.mark.parametrize("args,message", [
     (["--kd-alpha", "1.5"], r"kd alpha must be in \[0, 1\], got 1.5"),
     (["--kd-alpha", "0.5", "--kd-temperature", "0"], "kd temperature must be > 0"),

@@ -59,6 +59,12 @@ def test_unknown_keys_and_wrong_types_are_named(override, message):
     (["kd.topk=-1"], "kd.topk must be >= 0, got -1"),
     (["schedule.milestones=[40]", "schedule.epochs=30"], "milestones must lie in"),
     (["data.name=image_folder"], "needs data.data_dir"),
+    (["seed=-1"], "seed must be >= 0, got -1"),  # before: numpy's ValueError traceback at the first epoch
+    ([f"seed={2**32}"], r"seed must be < 2\*\*32"),
+    (["optim.momentum=-0.1"], "optim.momentum must be >= 0"),  # before: torch's traceback after the data loaded
+    (["optim.weight_decay=-1"], "optim.weight_decay must be >= 0"),
+    (["optim.nesterov=true", "optim.momentum=0"], "optim.nesterov needs optim.momentum > 0"),
+    (["schedule.gamma=0"], "schedule.gamma must be > 0, got 0"),  # before: a learning rate of 0, silently
 ])
 def test_values_that_cannot_make_a_run_are_refused(overrides, message):
     with pytest.raises(ConfigError, match=message):

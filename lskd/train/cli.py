@@ -13,7 +13,7 @@ import argparse
 import json
 import sys
 
-from lskd.errors import console_script
+from lskd.errors import console_script, count_at_least
 from lskd.train.config import dump_yaml, load_config
 
 
@@ -25,7 +25,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="override config keys, e.g. kd.temperature=2 schedule.epochs=5 (values read as YAML)")
     parser.add_argument("--out-dir", help="run directory (checkpoints, metrics.json, tensorboard/); same as out_dir=")
     parser.add_argument("--data-dir", help="your own copy of the data; same as data.data_dir=")
-    parser.add_argument("--stop-after-epochs", type=int, metavar="N",
+    parser.add_argument("--stop-after-epochs", type=count_at_least(1), metavar="N",
                         help="stop after N more epochs (a resumable slice of the run, e.g. for time-limited jobs)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     return parser.parse_args(argv)

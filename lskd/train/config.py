@@ -165,7 +165,8 @@ CHOICES = {"data.name": ("fashion_mnist", "image_folder"), "optim.name": ("sgd",
            "schedule.name": ("cosine", "multistep", "constant"), "device": ("auto", "cpu", "cuda")}
 AT_LEAST = {"model.width": 1, "data.imbalance_ratio": 1, "data.train_limit": 1, "data.test_limit": 1,
             "data.image_size": 1, "data.batch_size": 1, "data.eval_batch_size": 1, "data.num_workers": 0,
-            "data.crop_padding": 0, "schedule.epochs": 1, "kd.topk": 0, "eval_every": 1, "log_interval": 1}
+            "data.crop_padding": 0, "data.split_seed": 0, "schedule.epochs": 1, "kd.topk": 0, "eval_every": 1,
+            "log_interval": 1, "seed": 0, "optim.momentum": 0, "optim.weight_decay": 0}
 
 
 def validate(config: TrainConfig) -> None:
@@ -185,6 +186,9 @@ def validate(config: TrainConfig) -> None:
     checks = [
         (config.data.name == "fashion_mnist" or config.data.data_dir, "data.name image_folder needs data.data_dir (or --data-dir)"),
         (config.optim.lr > 0, f"optim.lr must be > 0, got {config.optim.lr}"),
+        (config.seed < 2**32, f"seed must be < 2**32 (numpy's seeds), got {config.seed}"),
+        (config.optim.momentum > 0 or not config.optim.nesterov, "optim.nesterov needs optim.momentum > 0"),
+        (schedule.gamma > 0, f"schedule.gamma must be > 0, got {schedule.gamma}"),
         (0 <= schedule.warmup_epochs <= schedule.epochs, "schedule.warmup_epochs must be in [0, schedule.epochs]"),
         (all(0 < m < schedule.epochs for m in schedule.milestones), "schedule.milestones must lie in (0, schedule.epochs)"),
         (0 <= config.loss.label_smoothing < 1, f"loss.label_smoothing must be in [0, 1), got {config.loss.label_smoothing}"),
