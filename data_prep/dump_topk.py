@@ -88,7 +88,9 @@ def main(argv: list[str] | None = None) -> int:
         raise TopKCacheError(f"--k {args.k} must be between 1 and the vocabulary size ({len(task.target_dictionary)})")
     teachers, infos = load_teachers(args.teacher_path, task)
     splits = [split.strip() for split in args.splits.split(",") if split.strip()]
-    for split in splits or [""]:  # all checked before the teacher's pass over the first, which may take hours
+    if not splits:
+        raise TopKCacheError(f"--splits {args.splits!r} names no split (e.g. --splits train,valid)")
+    for split in splits:  # all checked before the teacher's pass over the first, which may take hours
         try:
             task.load_dataset(split)
         except FileNotFoundError:

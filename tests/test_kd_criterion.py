@@ -152,6 +152,9 @@ def test_dump_topk_names_a_missing_split_before_dumping_any(bible_slice, trained
                       "--out", str(tmp_path / "cache"), "--splits", "valid, nope"]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         f"lskd-dump-topk: error: --splits 'valid, nope': {bible_slice / 'bin'} has no binarized split 'nope'")
+    assert dump_main([str(bible_slice / "bin"), "--teacher-path", str(trained_checkpoint), "--k", "4",
+                      "--out", str(tmp_path / "cache"), "--splits", " , "]) == 2
+    assert "--splits ' , ' names no split" in capsys.readouterr().err
     assert not (tmp_path / "cache").exists()
 
 
