@@ -104,7 +104,6 @@ def test_a_missing_or_refused_checkpoint_is_one_line_in_every_script(tmp_path, c
     assert not (tmp_path / "out").exists()  # failed before writing anything (no options.json left behind)
 
 
-
 def _prepare_argv(tmp_path):
     return ["bible", "--out", str(tmp_path / "out")]
 
@@ -113,12 +112,7 @@ def _distill_argv(tmp_path):
     return ["--data", str(tmp_path / "data"), "--teacher-path", str(tmp_path / "t.pt"), "--out", str(tmp_path / "out")]
 
 
-def _eval_argv(command):
-    return lambda tmp_path: [command, "--checkpoint", str(tmp_path / "t.pt"), "--data", str(tmp_path / "data"),
-                             "--out", str(tmp_path / "out")]
-
-
-COUNT_FLAGS = [  # (script, main, argv before the flag, flag, bad value, minimum)
+COUNT_FLAGS = [  # (script, its module, argv before the flag, flag, bad value, minimum)
     ("lskd-prepare", "data_prep.cli", _prepare_argv, "--limit-train", "-5", 1),  # [:-5] dropped the last 5 pairs
     ("lskd-prepare", "data_prep.cli", _prepare_argv, "--limit-test", "0", 1),
     ("lskd-prepare", "data_prep.cli", _prepare_argv, "--workers", "0", 1),  # fairseq-preprocess: size // 0, late
@@ -127,7 +121,8 @@ COUNT_FLAGS = [  # (script, main, argv before the flag, flag, bad value, minimum
     ("lskd-distill-corpus", "data_prep.distill", _distill_argv, "--max-chunks", "-1", 1),  # skipped the last chunk forever
     ("lskd-distill-corpus", "data_prep.distill", _distill_argv, "--workers", "ten", 1),
     ("lskd-distill-corpus", "data_prep.distill", _distill_argv, "--max-source-tokens", "1", 2),  # all "too long"
-    ("lskd-eval stability", "eval.cli", _eval_argv("stability"), "--max-classes", "0", 1),  # "over 0 classes"
+    ("lskd-eval stability", "eval.cli", lambda p: ["stability", "--checkpoint", str(p / "t.pt"), "--data", str(p / "data"),
+                                                "--out", str(p / "out")], "--max-classes", "0", 1),  # "over 0 classes"
     ("lskd-eval compare", "eval.cli", lambda p: ["compare", "--baseline", "a", "--system", "b", "--ref", "r"],
      "--samples", "-5", 1),  # sacrebleu used 1000 and the record said -5
     ("lskd-vision-project", "eval.vision_project", lambda p: ["--checkpoints", "c.pt", "--classes", "a", "b", "c",

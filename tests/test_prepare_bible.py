@@ -72,4 +72,3 @@ def test_limits_keep_the_first_train_and_test_pairs_and_are_recorded(tmp_path, m
     record = summary["bible"]
     assert (record["limit_train"], record["limit_test"]) == (2, 1)
     assert record["extracted_pairs"] == {"train": 2, "valid": 2, "test": 1}
-
