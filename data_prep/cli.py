@@ -15,7 +15,7 @@ DEFAULT_SPM_MODEL_TYPE = "unigram"
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="output directory")
-    parser.add_argument("--vocab-size", type=int,
+    parser.add_argument("--vocab-size", type=count_at_least(16),  # before the corpus is fetched
                         help=f"joint SentencePiece vocabulary size (default {DEFAULT_VOCAB_SIZE}; not with --teacher)")
     parser.add_argument("--spm-model-type", choices=["unigram", "bpe"],
                         help=f"SentencePiece model type (default {DEFAULT_SPM_MODEL_TYPE}; not with --teacher)")

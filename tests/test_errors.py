@@ -116,6 +116,7 @@ COUNT_FLAGS = [  # (script, its module, argv before the flag, flag, bad value, m
     ("lskd-prepare", "data_prep.cli", _prepare_argv, "--limit-train", "-5", 1),  # [:-5] dropped the last 5 pairs
     ("lskd-prepare", "data_prep.cli", _prepare_argv, "--limit-test", "0", 1),
     ("lskd-prepare", "data_prep.cli", _prepare_argv, "--workers", "0", 1),  # fairseq-preprocess: size // 0, late
+    ("lskd-prepare", "data_prep.cli", _prepare_argv, "--vocab-size", "8", 16),  # refused only after the fetch
     ("lskd-distill-corpus", "data_prep.distill", _distill_argv, "--chunk-size", "0", 1),  # range() traceback
     ("lskd-distill-corpus", "data_prep.distill", _distill_argv, "--num-shards", "0", 1),
     ("lskd-distill-corpus", "data_prep.distill", _distill_argv, "--max-chunks", "-1", 1),  # skipped the last chunk forever

@@ -160,6 +160,8 @@ def test_dump_topk_names_a_missing_split_before_dumping_any(bible_slice, trained
 
 @pytest.mark.parametrize("args,message", [
     (["--kd-alpha", "1.5"], r"kd alpha must be in \[0, 1\], got 1.5"),
+    (["--label-smoothing", "1.0"], r"--label-smoothing 1.0 must be in \[0, 1\)"),
+    (["--label-smoothing", "-0.1"], r"--label-smoothing -0.1 must be in \[0, 1\)"),
     (["--kd-alpha", "0.5", "--kd-temperature", "0"], "kd temperature must be > 0"),
     (["--kd-alpha", "0.5"], "needs a teacher"),
     (["--kd-alpha", "0.5", "--teacher-path", "/nonexistent/teacher.pt"], "teacher checkpoint not found: /nonexistent/teacher.pt"),

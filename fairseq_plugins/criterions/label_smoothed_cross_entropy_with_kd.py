@@ -83,6 +83,8 @@ class LabelSmoothedCrossEntropyWithKDCriterion(LabelSmoothedCrossEntropyCriterio
         skip_invalid_size_inputs_valid_test=False,
     ):
         super().__init__(task, sentence_avg, label_smoothing, ignore_prefix_size, report_accuracy)
+        if not 0 <= label_smoothing < 1:  # fairseq's own criterion takes any value: 1 puts a negative weight on the gold
+            raise ValueError(f"--label-smoothing {label_smoothing} must be in [0, 1)")
         validate_kd_args(kd_alpha, kd_temperature)
         vocab_size = len(task.target_dictionary)
         if teacher_topk < 0 or teacher_topk > vocab_size:
