@@ -7,14 +7,14 @@ from pathlib import Path
 
 from data_prep.pipeline import PrepOptions, prepare_parallel
 from lskd.corpus import CorpusError
-from lskd.errors import console_script, count_at_least
+from lskd.errors import console_script, count_at_least, output_directory
 
 DEFAULT_VOCAB_SIZE = 8000
 DEFAULT_SPM_MODEL_TYPE = "unigram"
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", required=True, type=Path, help="output directory")
+    parser.add_argument("--out", required=True, type=output_directory, help="output directory")
     parser.add_argument("--vocab-size", type=count_at_least(16),  # before the corpus is fetched
                         help=f"joint SentencePiece vocabulary size (default {DEFAULT_VOCAB_SIZE}; not with --teacher)")
     parser.add_argument("--spm-model-type", choices=["unigram", "bpe"],

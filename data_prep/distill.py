@@ -43,9 +43,9 @@ from lskd.corpus import CorpusError, read_lines, write_lines
 from lskd.decoding import (DecodingOptions, EngineSettings, Hypothesis, TranslationEngine, add_engine_arguments,
                            engine_settings, is_too_long, refuse_ensemble, set_decoder_threads)
 from lskd.distilled_data import FilterOptions, describe_targets, reason_to_drop, score_per_token, score_threshold
-from lskd.errors import console_script, count_at_least
+from lskd.errors import console_script, count_at_least, output_directory
 from lskd.prepared import PreparedData, load_prepared
-from lskd.provenance import provenance, sha256_file, write_json
+from lskd.provenance import provenance, read_json, sha256_file, write_json
 from lskd.scoring import DEFAULT_TOKENIZER, TOKENIZERS, bleu_metric, bleu_tokenizer
 
 POLICIES = ("copy-reference", "drop")
@@ -304,8 +304,7 @@ def merge(data: PreparedData, out: Path, options: DistillOptions, filtering: Fil
 
 def _timing(out: Path) -> dict[str, float]:
     """Decoding time summed over chunks: in all, and inside beam search alone."""
-    records = [json.loads(p.read_text()) for chunks in (out / "chunks", out / "source_text" / "chunks")
-               for p in chunks.glob("*.time.json")]
+    records = [read_json(p) for folder in CHUNK_DIRECTORIES for p in (out / folder).glob("*.time.json")]
     return {"decode_seconds": round(sum(r["seconds"] for r in records), 2),
             "generate_seconds": round(sum(r["generate_seconds"] for r in records), 2)}
 
@@ -331,18 +330,29 @@ def _binarize_with_original_dictionaries(data: PreparedData, out: Path, workers:
             raise CorpusError(f"binarized distilled train.{lang} holds {found} sentences, expected {expected}")
 
 
+CHUNK_DIRECTORIES = ("chunks", "source_text/chunks")
+
+
+def _decoded_chunks(out: Path) -> list[Path]:
+    """The chunks already decoded in ``out`` (of the split and of any source text)."""
+    return [p for folder in CHUNK_DIRECTORIES for p in (out / folder).glob("*.jsonl")]
+
+
 def _check_options(out: Path, options: DistillOptions, overwrite: bool) -> None:
-    """A resumed run must decode like the run it continues; otherwise refuse (or start over)."""
+    """A resumed run must decode like the run it continues; otherwise refuse (or start over). A run that
+    stopped before decoding anything (a refused split or export, say) left nothing to keep: its options
+    are simply replaced."""
     path = out / "options.json"
     wanted = asdict(options)
     if path.is_file():  # an option added since it was written has its default
-        existing = json.loads(json.dumps(asdict(DistillOptions()))) | json.loads(path.read_text(encoding="utf-8"))
+        existing = json.loads(json.dumps(asdict(DistillOptions()))) | read_json(path)
         if existing == json.loads(json.dumps(wanted)):
             return
-        if not overwrite:
-            raise CorpusError(f"{out} holds a distillation with other options or teacher ({path}); "
-                              f"use another --out or pass --overwrite")
-        shutil.rmtree(out)
+        if _decoded_chunks(out):
+            if not overwrite:
+                raise CorpusError(f"{out} holds a distillation with other options or teacher ({path}); "
+                                  f"use another --out or pass --overwrite")
+            shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(path, wanted)
 
@@ -352,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, type=Path, help="directory made by lskd-prepare")
     parser.add_argument("--teacher-path", required=True, help="teacher checkpoint, or several separated by ':'")
-    parser.add_argument("--out", required=True, type=Path, help="output directory (bin/ is ready for fairseq-train)")
+    parser.add_argument("--out", required=True, type=output_directory, help="output directory (bin/ is ready for fairseq-train)")
     parser.add_argument("--split", default="train")
     parser.add_argument("--beam", type=int, default=5)
     parser.add_argument("--lenpen", type=float, default=1.0)
@@ -467,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         infos = [asdict(i) for i in teachers]
         engine_json = args.out / "engine.json"
-        engine_record = (json.loads(engine_json.read_text(encoding="utf-8")) if engine_json.is_file()
+        engine_record = (read_json(engine_json) if engine_json.is_file()
                          else {"engine": options.engine, "quantization": options.quantization})
         manifest = merge(data, args.out, options, filtering, args.filtered, args.union, args.workers, infos,
                          engine_record, text)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from lskd.errors import console_script, name_ids
+from lskd.errors import console_script, name_ids, output_directory
 from lskd.losses import topk_scores
 from lskd.provenance import provenance
 from lskd.too_long import TOO_LONG_POLICIES
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("data", type=Path, help="fairseq-binarized data directory (dict.*.txt, SPLIT.SRC-TGT.*)")
     parser.add_argument("--teacher-path", required=True, help="teacher checkpoint, or several separated by ':'")
     parser.add_argument("--k", type=int, default=8, help="tokens kept per position (default 8)")
-    parser.add_argument("--out", type=Path, required=True, help="cache directory (one subdirectory per split)")
+    parser.add_argument("--out", type=output_directory, required=True, help="cache directory (one subdirectory per split)")
     parser.add_argument("--splits", default="train,valid", help="comma-separated splits (default train,valid)")
     parser.add_argument("--source-lang", help="default: inferred from the data directory")
     parser.add_argument("--target-lang", help="default: inferred from the data directory")

@@ -9,7 +9,6 @@ unless the ``skip`` policy leaves it out: the record then says which and how man
 """
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
@@ -22,8 +21,13 @@ from lskd.corpus import CorpusError, read_lines, write_lines
 from lskd.decoding import DecodingOptions, EngineSettings, pieces_to_text, refuse_ensemble
 from lskd.errors import name_ids
 from lskd.prepared import load_prepared
-from lskd.provenance import provenance, sha256_file, write_json
+from lskd.provenance import provenance, read_json, sha256_file, write_json
 from lskd.scoring import bleu_metric, corpus_metrics
+
+#: what a score record must hold to be tabled (``lskd-eval table``), and a BLEU record to be reported
+SCORE_RECORD_KEYS = ("sentences", *(f"scores.{metric}.{field}" for metric in ("bleu", "chrf", "ter")
+                                    for field in ("score", "signature")))
+BLEU_RECORD_KEYS = ("checkpoint.path", "checkpoint.sha256", "split", *SCORE_RECORD_KEYS)
 
 
 def score(hypotheses: list[str], references: list[str], tgt_lang: str | None = None,
@@ -139,7 +143,7 @@ def _word_kd_teacher_smoothing(system: dict[str, Any], warnings: list[str]) -> l
     if system["teacher_topk_cache"]:
         manifest = Path(system["teacher_topk_cache"]) / "train" / "manifest.json"
         if manifest.is_file():
-            return json.loads(manifest.read_text(encoding="utf-8")).get("teacher_label_smoothing")
+            return read_json(manifest).get("teacher_label_smoothing")
         warnings.append(f"teacher label smoothing unknown: no top-k cache manifest {manifest}")
     elif system["teacher_path"]:
         paths = [p for p in system["teacher_path"].split(":") if p]
@@ -156,7 +160,7 @@ def _distillation_manifest(bin_dir: str) -> dict[str, Any] | None:
     manifest = Path(bin_dir.split(":")[0]).parent / "distill.json"
     if not manifest.is_file():
         return None
-    return json.loads(manifest.read_text(encoding="utf-8"))
+    return read_json(manifest)
 
 
 def evaluate(checkpoint: Path, data_dir: Path, split: str, out_dir: Path, options: DecodingOptions,
@@ -231,7 +235,7 @@ def evaluate(checkpoint: Path, data_dir: Path, split: str, out_dir: Path, option
 
 def format_table(record_paths: list[Path]) -> str:
     """A plain-text table of BLEU/chrF/TER records, labelled by their run directory, with signatures."""
-    records = [(Path(p).resolve().parent.parent.name, json.loads(Path(p).read_text(encoding="utf-8")))
+    records = [(Path(p).resolve().parent.parent.name, read_json(p, required=SCORE_RECORD_KEYS))
                for p in record_paths]
     width = max(len("system"), *(len(label) for label, _ in records))
     lines = [f"{'system':<{width}}   BLEU   chrF    TER  sentences"]

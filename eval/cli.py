@@ -10,7 +10,7 @@ from eval.bleu import evaluate, format_table, paired_bootstrap, score_files
 from eval.speed import DEFAULT_ENGINES
 from lskd.corpus import read_lines
 from lskd.decoding import QUANTIZATIONS, DecodingOptions, add_engine_arguments, engine_settings, set_decoder_threads
-from lskd.errors import console_script, count_at_least
+from lskd.errors import console_script, count_at_least, output_directory
 from lskd.scoring import TOKENIZERS
 from lskd.too_long import TOO_LONG_POLICIES
 
@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     bleu.add_argument("--checkpoint", required=True, type=Path, help="fairseq checkpoint (.pt)")
     bleu.add_argument("--data", required=True, type=Path, help="directory made by lskd-prepare (holds prep.json)")
     bleu.add_argument("--split", default="test", help="split to translate (default test)")
-    bleu.add_argument("--out", required=True, type=Path, help="directory for the hypotheses and bleu-SPLIT.json")
+    bleu.add_argument("--out", required=True, type=output_directory, help="directory for the hypotheses and bleu-SPLIT.json")
     bleu.add_argument("--beam", type=int, default=5)
     bleu.add_argument("--lenpen", type=float, default=1.0)
     bleu.add_argument("--max-len-a", type=float, default=1.2)
@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     speed.add_argument("--checkpoint", required=True, type=Path, help="fairseq checkpoint (.pt)")
     speed.add_argument("--data", required=True, type=Path, help="directory made by lskd-prepare")
     speed.add_argument("--split", default="test")
-    speed.add_argument("--out", required=True, type=Path, help="directory for speed-SPLIT.json")
+    speed.add_argument("--out", required=True, type=output_directory, help="directory for speed-SPLIT.json")
     speed.add_argument("--engines", nargs="+", default=list(DEFAULT_ENGINES),
                        help="fairseq and/or ct2-QUANT, QUANT one of " + ", ".join(QUANTIZATIONS)
                             + " (default: " + " ".join(DEFAULT_ENGINES) + ")")
@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     stability.add_argument("--checkpoint", required=True, type=Path)
     stability.add_argument("--data", required=True, type=Path, help="directory made by lskd-prepare")
     stability.add_argument("--split", default="test")
-    stability.add_argument("--out", required=True, type=Path, help="directory for stability-SPLIT.json")
+    stability.add_argument("--out", required=True, type=output_directory, help="directory for stability-SPLIT.json")
     stability.add_argument("--max-classes", type=count_at_least(1), default=1000,
                            help="the most frequent gold tokens used as classes (memory: N x V x 8 bytes; default 1000)")
     stability.add_argument("--max-tokens", type=int, default=4096)

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from lskd.decoding import QUANTIZATIONS
-from lskd.errors import console_script
+from lskd.errors import console_script, output_directory
 from lskd.prepared import load_prepared
 
 
@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", required=True, type=Path, help="fairseq checkpoint (.pt); one model")
     parser.add_argument("--data", required=True, type=Path,
                         help="directory made by lskd-prepare: its dictionaries and SentencePiece model")
-    parser.add_argument("--out", required=True, type=Path, help="directory for the CTranslate2 model")
+    parser.add_argument("--out", required=True, type=output_directory, help="directory for the CTranslate2 model")
     parser.add_argument("--quantization", choices=QUANTIZATIONS, default="float32",
                         help="weight type (default float32; int8: ~4x smaller and faster on CPU)")
     parser.add_argument("--overwrite", action="store_true", help="replace another export in --out")

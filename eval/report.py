@@ -11,6 +11,7 @@ A run directory of ``lskd-train`` image-classification runs gets :mod:`eval.visi
 from __future__ import annotations
 
 import argparse
+import logging
 import statistics
 import sys
 from collections import defaultdict
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from eval.bleu import paired_bootstrap
+from eval.bleu import BLEU_RECORD_KEYS, paired_bootstrap
 from eval.report_layout import assemble_report, fmt, load_records, mean_sd, plot_against_temperature, system_name
 from eval.vision_report import write_classification_report
 from lskd.corpus import read_lines
@@ -26,6 +27,9 @@ from lskd.errors import LSKDError, console_script
 
 #: the engine whose speed and size the report compares (``lskd-eval speed --engines ... ct2-int8``)
 INT8 = "ct2-int8"
+STABILITY_RECORD_KEYS = ("checkpoint.sha256", "split", "one_minus_s", "ece_15_bins")
+SPEED_RECORD_KEYS = ("checkpoint.sha256", "split", "engines")
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -117,13 +121,30 @@ def _engine(record: dict[str, Any]) -> str:
     return record.get("engine", {}).get("name", "fairseq")
 
 
+def _measured(record: dict[str, Any]) -> tuple[str, str]:
+    """What a record measured: a checkpoint (its sha256) on a split. A system's BLEU, stability, speed and
+    int8 BLEU records are matched by it, so that a record of another split is never taken for this one."""
+    return record["checkpoint"]["sha256"], record["split"]
+
+
+def _warn_unmatched(records: list[tuple[Path, dict[str, Any]]], reported: set[tuple[str, str]]) -> None:
+    """Name every record the report leaves out: nothing is dropped without a word."""
+    for path, record in records:
+        if _measured(record) not in reported:
+            logger.warning(f"{path}: no BLEU record (fairseq engine) of its checkpoint on split "
+                           f"'{record['split']}' in this run directory: left out of the report")
+
+
 def build_rows(run_dir: Path) -> list[SystemRow]:
-    stability = {rec["checkpoint"]["sha256"]: rec for _, rec in load_records(run_dir, "stability-*.json")}
-    speed = {rec["checkpoint"]["sha256"]: rec for _, rec in load_records(run_dir, "speed-*.json")}
-    all_bleu = load_records(run_dir, "bleu-*.json")
-    int8_bleu = {rec["checkpoint"]["sha256"]: rec["scores"]["bleu"]["score"] for _, rec in all_bleu
-                 if _engine(rec) == f"ctranslate2-{INT8.removeprefix('ct2-')}"}
+    stability_records = load_records(run_dir, "stability-*.json", STABILITY_RECORD_KEYS)
+    speed_records = load_records(run_dir, "speed-*.json", SPEED_RECORD_KEYS)
+    all_bleu = load_records(run_dir, "bleu-*.json", BLEU_RECORD_KEYS)
+    int8_records = [(path, rec) for path, rec in all_bleu if _engine(rec) == f"ctranslate2-{INT8.removeprefix('ct2-')}"]
     bleu_records = [(path, record) for path, record in all_bleu if _engine(record) == "fairseq"]
+    _warn_unmatched(stability_records + speed_records + int8_records, {_measured(r) for _, r in bleu_records})
+    stability = {_measured(rec): rec for _, rec in stability_records}
+    speed = {_measured(rec): rec for _, rec in speed_records}
+    int8_bleu = {_measured(rec): rec["scores"]["bleu"]["score"] for _, rec in int8_records}
     teachers = _teacher_paths([record for _, record in bleu_records])
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for path, record in bleu_records:
@@ -132,7 +153,7 @@ def build_rows(run_dir: Path) -> list[SystemRow]:
     for name, members in sorted(groups.items()):
         system = members[0].get("system", {})
         word_kd = "word-KD" in system.get("method", "")
-        analysed = [stability[r["checkpoint"]["sha256"]] for r in members if r["checkpoint"]["sha256"] in stability]
+        analysed = [stability[_measured(r)] for r in members if _measured(r) in stability]
         rows.append(SystemRow(
             system=name, method=system.get("method", "-"), method_label=method_label(system),
             label_smoothing=system.get("label_smoothing"),
@@ -150,19 +171,20 @@ def build_rows(run_dir: Path) -> list[SystemRow]:
                                          *(w for r in members + analysed for w in r.get("warnings", []))])),
             checkpoints={str(Path(r["checkpoint"]["path"]).resolve()) for r in members},
             teacher_checkpoints=_teacher_paths(members),
-            speed=next((speed[r["checkpoint"]["sha256"]] for r in members if r["checkpoint"]["sha256"] in speed), None),
-            int8_bleu=[_int8_bleu(r["checkpoint"]["sha256"], int8_bleu, speed) for r in members
-                       if _int8_bleu(r["checkpoint"]["sha256"], int8_bleu, speed) is not None],
+            speed=next((speed[_measured(r)] for r in members if _measured(r) in speed), None),
+            int8_bleu=[_int8_bleu(_measured(r), int8_bleu, speed) for r in members
+                       if _int8_bleu(_measured(r), int8_bleu, speed) is not None],
         ))
     return rows
 
 
-def _int8_bleu(sha256: str, bleu_records: dict[str, float], speed: dict[str, dict[str, Any]]) -> float | None:
-    """A checkpoint's BLEU with CTranslate2 int8: from ``lskd-eval bleu --engine ctranslate2 --quantization
-    int8``, else from its speed record (the same decoding)."""
-    if sha256 in bleu_records:
-        return bleu_records[sha256]
-    measured = speed.get(sha256, {}).get("engines", {}).get(INT8, {})
+def _int8_bleu(measured_on: tuple[str, str], bleu_records: dict[tuple[str, str], float],
+               speed: dict[tuple[str, str], dict[str, Any]]) -> float | None:
+    """A checkpoint's BLEU on a split with CTranslate2 int8: from ``lskd-eval bleu --engine ctranslate2
+    --quantization int8``, else from its speed record (the same decoding)."""
+    if measured_on in bleu_records:
+        return bleu_records[measured_on]
+    measured = speed.get(measured_on, {}).get("engines", {}).get(INT8, {})
     return measured["bleu"]["score"] if "bleu" in measured else None
 
 

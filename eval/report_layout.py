@@ -6,19 +6,20 @@ the temperature plot, every other picture, provenance.
 """
 from __future__ import annotations
 
-import json
 import re
 import statistics
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
-from lskd.provenance import provenance
+from lskd.provenance import provenance, read_json
 
 _SEED_SUFFIX = re.compile(r"[_-]seed\d+$")
 
 
-def load_records(run_dir: Path, pattern: str) -> list[tuple[Path, dict[str, Any]]]:
-    return [(path, json.loads(path.read_text(encoding="utf-8"))) for path in sorted(run_dir.rglob(pattern))]
+def load_records(run_dir: Path, pattern: str, required: Sequence[str] = ()) -> list[tuple[Path, dict[str, Any]]]:
+    """Every record under ``run_dir`` whose name matches ``pattern``, each with the ``required`` keys
+    (:func:`lskd.provenance.read_json`: a damaged one is an error naming it)."""
+    return [(path, read_json(path, required)) for path in sorted(run_dir.rglob(pattern))]
 
 
 def system_name(record_path: Path, run_dir: Path) -> str:

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from lskd.corpus import read_lines, write_lines
-from lskd.decoding import QUANTIZATIONS, DecodingOptions, EngineError, is_too_long, pieces_to_text
+from lskd.decoding import (QUANTIZATIONS, DecodingOptions, EngineError, available_cores, check_threads, is_too_long,
+                           pieces_to_text)
 from lskd.errors import LSKDError, one_line
 from lskd.prepared import PreparedData, load_prepared
 from lskd.provenance import provenance, sha256_file, write_json
@@ -36,17 +37,12 @@ def parse_engine(spec: str) -> tuple[str, str | None]:
     return "ctranslate2", quantization
 
 
-def all_cores() -> int:
-    return len(os.sched_getaffinity(0))
-
-
 def measure_speed(checkpoint: Path, data_dir: Path, split: str, out_dir: Path, options: DecodingOptions,
                   engines: list[str], threads: list[int], latency_sentences: int = 100, gpu: bool = False) -> dict[str, Any]:
     """Measure every engine at every thread count (0: all cores); write ``out_dir/speed-SPLIT.json``.
 
     Bad counts are an :class:`EngineError` before any export or translation."""
-    if not threads or min(threads) < 0:
-        raise EngineError(f"--threads {' '.join(map(str, threads))}: give thread counts, 0 for all cores")
+    check_threads(threads)
     if latency_sentences < 1:
         raise EngineError(f"--latency-sentences {latency_sentences}: the p50/p90 latency needs at least one sentence")
     data = load_prepared(data_dir)  # bad input is reported before fairseq is imported (seconds)
@@ -71,7 +67,7 @@ def measure_speed(checkpoint: Path, data_dir: Path, split: str, out_dir: Path, o
     for count in threads:
         for spec in specs:
             hypothesis_file = out_dir / f"speed-{split}-{spec}.hyp.{data.tgt}"
-            job = {"spec": spec, "threads": count or all_cores(), "checkpoint": str(checkpoint), "data": str(data.root),
+            job = {"spec": spec, "threads": count or available_cores(), "checkpoint": str(checkpoint), "data": str(data.root),
                    "split": split, "options": asdict(options), "latency_sentences": latency_sentences,
                    "model": str(models[spec].root) if spec in models else None, "gpu": gpu,
                    "hypotheses": str(hypothesis_file)}
@@ -94,7 +90,7 @@ def measure_speed(checkpoint: Path, data_dir: Path, split: str, out_dir: Path, o
         "split": split, "sentences": len(references),
         "checkpoint": {"path": str(checkpoint.resolve()), "sha256": sha256_file(checkpoint)},
         "data": data.provenance(), "decoding": asdict(options), "device": "cuda" if gpu else "cpu",
-        "cores": all_cores(), "engines": per_engine, "runs": runs, "measurement": MEASUREMENT, **provenance(),
+        "cores": available_cores(), "engines": per_engine, "runs": runs, "measurement": MEASUREMENT, **provenance(),
     }
     write_json(out_dir / f"speed-{split}.json", record)
     return record

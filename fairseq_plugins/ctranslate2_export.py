@@ -25,7 +25,8 @@ from lskd.ctranslate2_engine import (EXPORT_JSON, SENTENCEPIECE_MODEL, ExportedM
                                      load_export)
 from lskd.decoding import QUANTIZATIONS, EngineError, refuse_ensemble
 from lskd.prepared import PreparedData
-from lskd.provenance import provenance, sha256_file, write_json
+from lskd.provenance import RecordError, provenance, sha256_file, write_json
+
 
 class ExportError(EngineError):
     """A checkpoint that cannot be exported, or an output directory that must not be replaced."""
@@ -92,12 +93,13 @@ def export_checkpoint(checkpoint: str | Path, data: PreparedData, out: Path, qua
         raise ExportError(f"quantization {quantization!r}: choose one of {', '.join(QUANTIZATIONS)}")
     checkpoint = Path(checkpoint)
     state = load_fairseq_checkpoint(checkpoint)  # missing, corrupt, unsafe: LSKD's message
+    _check_vocabulary_sizes(checkpoint, state, data)
     wanted = _identity(sha256_file(checkpoint), data, quantization)
     if (out / EXPORT_JSON).is_file():
-        existing = load_export(out)
-        if _identity_of(existing) == wanted:
+        existing = _existing_export(out, overwrite)
+        if existing is not None and _identity_of(existing) == wanted:
             return existing
-        if not overwrite:
+        if existing is not None and not overwrite:
             raise ExportError(f"{out} holds another export ({existing.record['checkpoint']['path']}, sha256 "
                               f"{existing.checkpoint_sha256[:12]}, {existing.quantization}): pass --overwrite to "
                               f"replace it, or choose another --out")
@@ -131,6 +133,30 @@ def export_checkpoint(checkpoint: str | Path, data: PreparedData, out: Path, qua
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return load_export(out)
+
+
+def _check_vocabulary_sizes(checkpoint: Path, state: dict[str, Any], data: PreparedData) -> None:
+    """Refuse a ``data`` whose dictionaries are not the size of the checkpoint's embeddings, before
+    converting (the converter would stop with a state-dict size-mismatch traceback). Dictionaries of
+    the same size but another order cannot be told apart here: their sha256s go into ``export.json``."""
+    from fairseq.data import Dictionary
+
+    for lang, side in ((data.src, "encoder"), (data.tgt, "decoder")):
+        embedding = state["model"].get(f"{side}.embed_tokens.weight")
+        size = len(Dictionary.load(str(data.dictionary(lang))))
+        if embedding is not None and embedding.shape[0] != size:
+            raise ExportError(f"{checkpoint} has {embedding.shape[0]} {side} embeddings, but {data.dictionary(lang)} "
+                              f"holds {size} entries: give the --data the checkpoint was trained on")
+
+
+def _existing_export(out: Path, overwrite: bool) -> ExportedModel | None:
+    """The export in ``out``; None for one whose ``export.json`` is damaged, which ``overwrite`` replaces."""
+    try:
+        return load_export(out)
+    except RecordError as error:
+        if not overwrite:
+            raise ExportError(f"{error}, or pass --overwrite to replace this export") from error
+        return None
 
 
 def _move_into_place(staging: Path, out: Path, wanted: dict[str, Any]) -> None:

@@ -21,7 +21,6 @@ the two engines then agree but for two measured differences, both negligible for
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,10 +28,13 @@ from typing import Any, Sequence
 
 from lskd.decoding import DecodingOptions, EngineError, Hypothesis, Progress, length_batches, max_target_tokens
 from lskd.prepared import PreparedData
-from lskd.provenance import sha256_file
+from lskd.provenance import read_json, sha256_file
 
 EXPORT_JSON = "export.json"
 SENTENCEPIECE_MODEL = "sentencepiece.model"
+#: what the engine and the checks read from ``export.json``
+EXPORT_RECORD_KEYS = ("checkpoint.path", "checkpoint.sha256", "dictionaries", "quantization", "model.parameters",
+                      "model.max_source_positions", "model.max_target_positions", "size_bytes.total")
 
 
 class ExportMismatchError(EngineError):
@@ -99,7 +101,7 @@ def load_export(root: str | Path) -> ExportedModel:
     path = root / EXPORT_JSON
     if not path.is_file():
         raise EngineError(f"{root} has no {EXPORT_JSON}: make a CTranslate2 model with lskd-export")
-    return ExportedModel(root, json.loads(path.read_text(encoding="utf-8")))
+    return ExportedModel(root, read_json(path, required=EXPORT_RECORD_KEYS))
 
 
 def directory_bytes(root: Path) -> int:

@@ -96,8 +96,7 @@ class EngineSettings:
             raise EngineError(f"unknown engine {self.engine!r}: choose one of {', '.join(ENGINES)}")
         if self.engine == "fairseq" and (self.quantization not in (None, "float32") or self.ctranslate2_model):
             raise EngineError("--quantization and --ctranslate2-model belong to --engine ctranslate2")
-        if self.threads < 0:
-            raise EngineError(f"--threads {self.threads}: give a number of threads, or 0 for all cores")
+        check_threads([self.threads])
 
     @property
     def resolved_threads(self) -> int:
@@ -196,8 +195,23 @@ def pieces_to_text(pieces: str) -> str:
     return pieces.replace(" ", "").replace("\u2581", " ").strip()
 
 
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity, which a container or ``taskset`` narrows)."""
+    return len(os.sched_getaffinity(0))
+
+
 def default_threads() -> int:
     """Threads a decoder uses when none are given: ``OMP_NUM_THREADS`` (as torch does), else the
     cores this process may run on."""
     value = os.environ.get("OMP_NUM_THREADS", "")
-    return int(value) if value.isdigit() and int(value) > 0 else len(os.sched_getaffinity(0))
+    return int(value) if value.isdigit() and int(value) > 0 else available_cores()
+
+
+def check_threads(counts: Sequence[int]) -> None:
+    """Refuse thread counts below 0 (0: all cores) or above the cores this process may use: more
+    threads than cores only slow a decoder down, and CTranslate2 aborts the process on absurd ones."""
+    cores = available_cores()
+    bad = [n for n in counts if not 0 <= n <= cores]
+    if bad or not counts:
+        raise EngineError(f"--threads {' '.join(map(str, counts))}: give thread counts from 1 to the {cores} "
+                          f"cores this process may use, or 0 for all of them")

@@ -11,6 +11,7 @@ import functools
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Callable, Sequence
 
 DEBUG_VARIABLE = "LSKD_DEBUG"
@@ -51,6 +52,19 @@ def count_at_least(minimum: int) -> Callable[[str], int]:
         return count
 
     return parse
+
+
+def output_directory(text: str) -> Path:
+    """An argparse ``type`` for a directory a command writes: refused (argparse's usage error, exit
+    status 2, before any work) if it or a folder above it is an existing file; it need not exist yet.
+    Without it, ``mkdir`` would fail with a traceback, after the decoding in ``lskd-eval bleu``."""
+    path = Path(text)
+    for folder in (path, *path.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise argparse.ArgumentTypeError(f"{text}: {folder} is a file, not a directory")
+            break
+    return path
 
 
 def console_script(prog: str) -> Callable[[Callable[[Sequence[str] | None], int]], Callable[[Sequence[str] | None], int]]:

@@ -6,12 +6,12 @@ each reading ``prep.json`` its own way.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lskd.corpus import CorpusError
+from lskd.provenance import read_json
 
 PREP_JSON = "prep.json"
 
@@ -85,4 +85,4 @@ def load_prepared(root: str | Path) -> PreparedData:
     path = root / PREP_JSON
     if not path.is_file():
         raise CorpusError(f"{root} has no {PREP_JSON}: prepare it with lskd-prepare first")
-    return PreparedData(root, json.loads(path.read_text(encoding="utf-8")))
+    return PreparedData(root, read_json(path, required=("outputs",)))

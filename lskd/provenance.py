@@ -12,7 +12,10 @@ import platform
 import shlex
 import sys
 from importlib import metadata
-from typing import Any
+from pathlib import Path
+from typing import Any, Sequence
+
+from lskd.errors import LSKDError
 
 _DISTRIBUTIONS = ("lskd", "ve-fairseq", "torch", "ctranslate2", "sentencepiece", "sacremoses", "sacrebleu", "numpy")
 
@@ -45,6 +48,30 @@ def provenance() -> dict[str, Any]:
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "versions": tool_versions(),
     }
+
+
+class RecordError(LSKDError):
+    """A JSON record (``prep.json``, ``export.json``, a score record) that cannot be read as one."""
+
+
+def read_json(path: str | os.PathLike, required: Sequence[str] = ()) -> dict[str, Any]:
+    """The JSON object in ``path``, which has every ``required`` key (dotted for nested ones, e.g.
+    ``"checkpoint.sha256"``). A file that is unreadable, not JSON, not an object or short of a key is a
+    :class:`RecordError` naming it: a damaged record would otherwise surface as a traceback far from it."""
+    try:
+        record = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise RecordError(f"{path}: not a readable JSON record ({error}); rerun the command that wrote it") from error
+    if not isinstance(record, dict):
+        raise RecordError(f"{path}: expected a JSON object, found a {type(record).__name__}; rerun the command that wrote it")
+    for dotted in required:
+        value: Any = record
+        for key in dotted.split("."):
+            if not isinstance(value, dict) or key not in value:
+                raise RecordError(f"{path}: the record has no '{dotted}' (damaged, or not written by LSKD); "
+                                  f"rerun the command that wrote it")
+            value = value[key]
+    return record
 
 
 def write_json(path: str | os.PathLike, record: dict[str, Any]) -> None:

@@ -12,7 +12,6 @@ and a lookup of it is refused, since it means the trainer and the cache disagree
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Collection, Sequence
 
@@ -21,7 +20,7 @@ import torch
 from numpy.lib.format import open_memmap
 
 from lskd.errors import LSKDError, name_ids
-from lskd.provenance import write_json
+from lskd.provenance import read_json, write_json
 
 MANIFEST = "manifest.json"
 
@@ -90,7 +89,7 @@ class TopKCache:
         manifest_path = self.directory / MANIFEST
         if not manifest_path.is_file():
             raise TopKCacheError(f"{self.directory} is not a finished top-k cache (no {MANIFEST})")
-        self.manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        self.manifest = read_json(manifest_path, required=("k",))
         self.k = int(self.manifest["k"])
         self.offsets = np.load(self.directory / "offsets.npy")
         self.indices = np.load(self.directory / "indices.npy", mmap_mode="r")

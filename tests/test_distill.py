@@ -212,8 +212,28 @@ def test_a_distillation_begun_before_an_option_existed_resumes_with_its_default(
     del written["bleu_tokenize"]  # options.json of a run begun before the option existed
     (tmp_path / "options.json").write_text(json.dumps(written))
     _check_options(tmp_path, DistillOptions(beam=2), overwrite=False)  # 13a, as that run's Seq-Inter used
+    (tmp_path / "chunks").mkdir()
+    (tmp_path / "chunks" / "000000000-000001000.jsonl").write_text("{}\n")
     with pytest.raises(CorpusError, match="other options"):
         _check_options(tmp_path, DistillOptions(beam=2, bleu_tokenize="zh"), overwrite=False)
+
+
+def test_the_options_of_a_run_that_decoded_nothing_are_replaced(tmp_path):
+    """A run refused after writing options.json (a split the data lacks, say) must not block the corrected run."""
+    from dataclasses import asdict
+
+    from data_prep.distill import _check_options
+    from lskd.corpus import CorpusError
+
+    (tmp_path / "options.json").write_text(json.dumps(asdict(DistillOptions(split="nosuch"))))
+    _check_options(tmp_path, DistillOptions(split="valid"), overwrite=False)
+    assert json.loads((tmp_path / "options.json").read_text())["split"] == "valid"
+    decoded = tmp_path / "source_text" / "chunks" / "000000000-000000010.jsonl"  # a source-text chunk counts too
+    decoded.parent.mkdir(parents=True)
+    decoded.write_text("{}\n")
+    with pytest.raises(CorpusError, match="holds a distillation with other options"):
+        _check_options(tmp_path, DistillOptions(split="test"), overwrite=False)
+    assert json.loads((tmp_path / "options.json").read_text())["split"] == "valid" and decoded.is_file()
 
 
 def test_a_source_text_file_with_a_bad_byte_or_no_line_stops_before_anything_is_written(tmp_path):

@@ -13,8 +13,8 @@ import torch
 from conftest import REPO, run_module, train_tiny
 from lskd.corpus import iter_lines
 from lskd.ctranslate2_engine import ExportMismatchError, ExportedModel
-from lskd.decoding import (DecodingOptions, EngineError, EngineSettings, length_batches, max_target_tokens,
-                           pieces_to_text, refuse_ensemble, set_decoder_threads)
+from lskd.decoding import (DecodingOptions, EngineError, EngineSettings, available_cores, length_batches,
+                           max_target_tokens, pieces_to_text, refuse_ensemble, set_decoder_threads)
 from lskd.prepared import PreparedData
 from lskd.speed import evenly_spaced, peak_resident_mb, percentile
 
@@ -76,6 +76,7 @@ def test_decoding_commands_give_ctranslate2_one_mkl_thread_and_fairseq_its_torch
     import data_prep.distill
     import eval.cli
     import fairseq_plugins.decoding
+    import lskd.decoding
 
     seen = []
 
@@ -86,6 +87,7 @@ def test_decoding_commands_give_ctranslate2_one_mkl_thread_and_fairseq_its_torch
     monkeypatch.setattr(eval.cli, "evaluate", record_environment)
     monkeypatch.setattr(fairseq_plugins.decoding, "open_engine", record_environment)
     monkeypatch.setattr(torch, "set_num_threads", lambda n: seen.append(f"torch {n}"))
+    monkeypatch.setattr(lskd.decoding, "available_cores", lambda: 8)  # 3 threads on any machine
     for engine, threads in (("ctranslate2", "2"), ("fairseq", "3")):
         monkeypatch.setenv("MKL_NUM_THREADS", "2")
         assert eval.cli.main(["bleu", "--checkpoint", "c.pt", "--data", "d", "--out", "o", "--engine", engine,
@@ -107,8 +109,12 @@ def test_bad_engine_settings_are_refused():
         EngineSettings(engine="marian")
     with pytest.raises(EngineError, match="n-best"):
         DecodingOptions(beam=2, nbest=3)
-    with pytest.raises(EngineError, match="--threads -1: give a number of threads, or 0 for all cores"):
+    cores = available_cores()
+    with pytest.raises(EngineError, match=f"--threads -1: give thread counts from 1 to the {cores} cores this process"):
         EngineSettings(engine="ctranslate2", threads=-1)
+    with pytest.raises(EngineError, match=f"--threads {cores + 1}: give thread counts from 1 to the {cores} cores"):
+        EngineSettings(engine="ctranslate2", threads=cores + 1)  # 100000 aborted CTranslate2 with no message
+    assert EngineSettings(engine="ctranslate2", threads=cores).resolved_threads == cores
     with pytest.raises(EngineError, match="--max-len-a -1 --max-len-b 10: the length limit"):
         DecodingOptions(max_len_a=-1)
     with pytest.raises(EngineError, match="must allow a target token for every source"):
@@ -124,7 +130,10 @@ def test_bad_engine_settings_are_refused():
 
 
 @pytest.mark.parametrize("flags,message", [
-    (["--threads", "1", "-1"], "--threads 1 -1: give thread counts, 0 for all cores"),
+    (["--threads", "1", "-1"], f"--threads 1 -1: give thread counts from 1 to the {available_cores()} cores this "
+                               f"process may use, or 0 for all of them"),
+    (["--threads", "100000"], f"--threads 100000: give thread counts from 1 to the {available_cores()} cores this "
+                              f"process may use, or 0 for all of them"),
     (["--latency-sentences", "0"], "--latency-sentences 0: the p50/p90 latency needs at least one sentence"),
 ])
 def test_speed_refuses_bad_counts_before_any_work(tmp_path, capsys, flags, message):
@@ -177,7 +186,9 @@ def test_an_unsafe_checkpoint_is_refused_before_the_converter_sees_it(tmp_path, 
     marker, checkpoint = tmp_path / "payload-ran", tmp_path / "evil.pt"
     malicious_checkpoint(checkpoint, marker)
     (tmp_path / "data").mkdir()
-    (tmp_path / "data" / "prep.json").write_text(json.dumps({"options": {"src": "de", "tgt": "en"}}))
+    (tmp_path / "data" / "prep.json").write_text(json.dumps({
+        "options": {"src": "de", "tgt": "en"}, "fingerprint": "f" * 64,
+        "outputs": {"bin_dir": "bin", "spm_model": "spm.model", "binarized_sentences": {"test": 1}}}))
     assert export_main(["--checkpoint", str(checkpoint), "--data", str(tmp_path / "data"),
                         "--out", str(tmp_path / "out")]) == 2
     assert "refused to load" in capsys.readouterr().err
@@ -293,6 +304,15 @@ def test_export_refuses_to_replace_another_export_or_foreign_files(reversal, tra
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
     assert export_main(args[:-1] + [str(tmp_path / "mine"), "--overwrite"]) == 2
     assert "is not a CTranslate2 export" in capsys.readouterr().err and (tmp_path / "mine" / "notes.txt").exists()
+    (out / "export.json").write_text('{"checkpoint": ')  # a damaged record: named, and --overwrite replaces it
+    assert export_main(args) == 2
+    assert f"{out / 'export.json'}: not a readable JSON record" in capsys.readouterr().err
+    assert export_main(args + ["--overwrite"]) == 0 and json.loads((out / "export.json").read_text())["quantization"] == "float32"
+    other_vocabulary = ["--checkpoint", str(trained_checkpoint), "--data", str(data), "--out", str(tmp_path / "other")]
+    assert export_main(other_vocabulary) == 2  # the converter's state-dict traceback before
+    err = capsys.readouterr().err
+    assert f"{trained_checkpoint} has" in err and "give the --data the checkpoint was trained on" in err
+    assert not (tmp_path / "other").exists()
 
 
 @pytest.mark.slow

@@ -142,3 +142,29 @@ def test_a_count_flag_below_its_minimum_is_refused_before_any_work(tmp_path, cap
         importlib.import_module(module).main([*argv(tmp_path), flag, value])
     assert stop.value.code == 2 and not (tmp_path / "out").exists()
     assert f"error: argument {flag}: expected an integer >= {minimum}, got '{value}'" in capsys.readouterr().err
+
+
+OUT_DIRECTORY_SCRIPTS = [  # (script, its module, argv without --out)
+    ("lskd-eval bleu", "eval.cli", lambda p: ["bleu", "--checkpoint", str(p / "t.pt"), "--data", str(p / "data")]),
+    ("lskd-eval speed", "eval.cli", lambda p: ["speed", "--checkpoint", str(p / "t.pt"), "--data", str(p / "data")]),
+    ("lskd-eval stability", "eval.cli", lambda p: ["stability", "--checkpoint", str(p / "t.pt"), "--data", str(p / "data")]),
+    ("lskd-export", "eval.export", lambda p: ["--checkpoint", str(p / "t.pt"), "--data", str(p / "data")]),
+    ("lskd-prepare", "data_prep.cli", lambda p: ["bible"]),
+    ("lskd-dump-topk", "data_prep.dump_topk", lambda p: [str(p / "bin"), "--teacher-path", str(p / "t.pt")]),
+    ("lskd-distill-corpus", "data_prep.distill", lambda p: ["--data", str(p / "data"), "--teacher-path", str(p / "t.pt")]),
+]
+
+
+@pytest.mark.parametrize("script,module,argv", OUT_DIRECTORY_SCRIPTS, ids=[c[0] for c in OUT_DIRECTORY_SCRIPTS])
+@pytest.mark.parametrize("below", [False, True], ids=["the file", "a folder under it"])
+def test_an_output_directory_that_is_a_file_is_refused_before_any_work(tmp_path, capsys, script, module, argv, below):
+    """``lskd-eval bleu --out FILE`` used to decode the whole split, then stop in mkdir with a traceback."""
+    import importlib
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    out = blocker / "out" if below else blocker
+    with pytest.raises(SystemExit) as stop:
+        importlib.import_module(module).main([*argv(tmp_path), "--out", str(out)])
+    assert stop.value.code == 2 and blocker.read_text() == "not a directory"
+    assert f"error: argument --out: {out}: {blocker} is a file, not a directory" in capsys.readouterr().err

@@ -373,6 +373,45 @@ def test_report_has_size_and_speed_columns_a_line_per_student_and_the_trade_off_
     assert "- speed: checkpoint `/ckpt/b.pt`" in text and "ct2-int8 x 2" in text
 
 
+def test_report_matches_records_by_checkpoint_and_split_and_names_what_it_leaves_out(tmp_path, caplog):
+    teacher = {"method": "CE", "label_smoothing": 0.1, "teacher_label_smoothing": None}
+    fake_bleu(tmp_path / "teacher_ls0.1" / "eval" / "bleu-test.json", 20.0, teacher, "a")
+    fake_speed(tmp_path / "teacher_ls0.1" / "eval" / "speed-test.json", "a", 400.0, 8.0, 19.9)
+    valid_speed = tmp_path / "teacher_ls0.1" / "eval" / "speed-valid.json"  # sorts after speed-test.json
+    fake_speed(valid_speed, "a", 999.0, 8.0, 5.0)
+    valid_speed.write_text(valid_speed.read_text().replace('"split": "test"', '"split": "valid"'))
+    orphan = tmp_path / "student_seed1" / "eval" / "stability-test.json"  # its BLEU record is missing
+    orphan.parent.mkdir(parents=True)
+    orphan.write_text(json.dumps({"one_minus_s": 0.3, "ece_15_bins": 0.05, "split": "test",
+                                  "checkpoint": {"path": "/ckpt/b.pt", "sha256": "b" * 64}}))
+    with caplog.at_level("WARNING", logger="eval.report"):
+        rows = build_rows(tmp_path)
+    assert markdown_table(rows).splitlines()[2].endswith("| 8.0 | 400 | 19.90 |")  # the test split's, not valid's 999
+    left_out = [r.getMessage() for r in caplog.records]
+    assert len(left_out) == 2 and any(m.startswith(f"{valid_speed}: no BLEU record") for m in left_out)
+    assert any(m.startswith(f"{orphan}: no BLEU record") and "split 'test'" in m for m in left_out)
+
+
+@pytest.mark.parametrize("damage,message", [
+    ("[]", "expected a JSON object, found a list"),
+    ('{"scores": ', "not a readable JSON record"),
+    ("drop scores", "the record has no 'scores.bleu.score'"),
+])
+def test_a_damaged_record_stops_the_report_naming_the_file(tmp_path, capsys, damage, message):
+    from eval.report import main as report_main
+
+    record = tmp_path / "teacher_ls0.1" / "eval" / "bleu-test.json"
+    fake_bleu(record, 20.0, {"method": "CE", "label_smoothing": 0.1}, "a")
+    if damage == "drop scores":
+        damaged = json.loads(record.read_text())
+        del damaged["scores"]
+        damage = json.dumps(damaged)
+    record.write_text(damage)
+    assert report_main([str(tmp_path)]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith(f"lskd-report: error: {record}: {message}"), error
+
+
 def test_the_ls_gap_says_whether_paired_bootstrap_resolves_it(tmp_path):
     def seqkd(teacher):
         return {"method": "seq-KD", "label_smoothing": 0, "teacher_label_smoothing": [0.1 if teacher == "a" else 0.0],
