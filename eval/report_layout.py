@@ -6,6 +6,7 @@ the temperature plot, every other picture, provenance.
 """
 from __future__ import annotations
 
+import os
 import re
 import statistics
 from pathlib import Path
@@ -71,6 +72,15 @@ def plot_against_temperature(series: dict[str, list[tuple[float, float]]], ylabe
     return path
 
 
+def report_pictures(out: Path, run_dir: Path) -> list[Path]:
+    """The pictures a report shows: those it drew (``OUT_DIR/plots``) and the run's own (under
+    ``run_dir``); a picture of a report written earlier into the run directory gives way to this
+    report's picture of the same name."""
+    drawn = set((out.parent / "plots").glob("*.png"))
+    earlier_report = {run_dir / "plots" / picture.name for picture in drawn}
+    return sorted(drawn | {p for p in run_dir.rglob("*.png") if p not in earlier_report})
+
+
 def assemble_report(out: Path, run_dir: Path, summary: list[str], note: str | None, results: list[str],
                     plot: tuple[Path | None, str], provenance_markdown: str) -> Path:
     """The report layout shared by NMT and classification runs: summary, settings, results, the
@@ -81,9 +91,9 @@ def assemble_report(out: Path, run_dir: Path, summary: list[str], note: str | No
     parts += [*results, ""]
     plot_path, plot_title = plot
     if plot_path:
-        parts += [f"![{plot_title}]({plot_path.relative_to(out.parent)})", ""]
-    pictures = sorted(out.parent.rglob("*.png"))
-    parts += [f"![{p.stem}]({p.relative_to(out.parent)})" for p in pictures if p != plot_path] + [""]
+        parts += [f"![{plot_title}]({os.path.relpath(plot_path, out.parent)})", ""]
+    parts += [f"![{p.stem}]({os.path.relpath(p, out.parent)})" for p in report_pictures(out, run_dir)
+              if p.name != getattr(plot_path, "name", None)] + [""]
     parts += [provenance_markdown, f"Report made by `{provenance()['command']}` at {provenance()['created']}."]
     out.write_text("\n".join(parts) + "\n", encoding="utf-8")
     return out

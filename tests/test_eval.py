@@ -392,6 +392,20 @@ def test_report_matches_records_by_checkpoint_and_split_and_names_what_it_leaves
     assert any(m.startswith(f"{orphan}: no BLEU record") and "split 'test'" in m for m in left_out)
 
 
+def test_a_report_written_outside_the_run_shows_each_picture_once_with_paths_from_the_report(tmp_path):
+    run = tmp_path / "runs" / "q"
+    fake_bleu(run / "teacher_ls0.1" / "eval" / "bleu-test.json", 20.0, {"method": "CE", "label_smoothing": 0.1}, "a")
+    fake_speed(run / "teacher_ls0.1" / "eval" / "speed-test.json", "a", 400.0, 8.0, 19.9)
+    write_report(run)  # an earlier report in the run directory drew run/plots/bleu_vs_words_per_second.png
+    (run / "plots" / "penultimate_a_b_c.png").write_bytes(b"\x89PNG")  # a picture of the run's own
+    text = write_report(run, tmp_path / "runs" / "q_report.md").read_text()
+    pictures = re.findall(r"!\[[^]]*\]\(([^)]*)\)", text)
+    assert pictures == ["plots/bleu_vs_words_per_second.png", "q/plots/penultimate_a_b_c.png"], pictures
+    elsewhere = write_report(run, tmp_path / "elsewhere" / "report.md").read_text()
+    assert re.findall(r"!\[[^]]*\]\(([^)]*)\)", elsewhere) == ["plots/bleu_vs_words_per_second.png",
+                                                                "../runs/q/plots/penultimate_a_b_c.png"]
+
+
 @pytest.mark.parametrize("damage,message", [
     ("[]", "expected a JSON object, found a list"),
     ('{"scores": ', "not a readable JSON record"),
