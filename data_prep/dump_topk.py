@@ -12,16 +12,17 @@ id (:func:`fairseq_plugins.tasks.check_lengths`).
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 
 import torch
 
-from lskd.errors import console_script, name_ids, output_directory
+from lskd.errors import console_script, count_at_least, name_ids, output_directory
 from lskd.losses import topk_scores
 from lskd.provenance import provenance
 from lskd.too_long import TOO_LONG_POLICIES
-from lskd.topk_cache import TopKCacheError, TopKCacheWriter
+from lskd.topk_cache import TopKCacheError, TopKCacheWriter, splits_of_another_teacher
 
 
 def dump_split(task, teachers, infos, split: str, k: int, out: Path, max_tokens: int, device: torch.device,
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--splits", default="train,valid", help="comma-separated splits (default train,valid)")
     parser.add_argument("--source-lang", help="default: inferred from the data directory")
     parser.add_argument("--target-lang", help="default: inferred from the data directory")
-    parser.add_argument("--max-tokens", type=int, default=4096)
+    parser.add_argument("--max-tokens", type=count_at_least(1), default=4096)
     parser.add_argument("--max-source-positions", type=int, default=1024,
                         help="as fairseq-train's: longer sources are too long (default 1024, or less if the teacher "
                              "accepts less)")
@@ -77,8 +78,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="sentence pairs longer than the teacher accepts: skip (no entry, counted and listed in "
                              "the manifest, as fairseq-train leaves them out of training) or error (default skip)")
     parser.add_argument("--gpu", action="store_true", help="run the teacher on CUDA")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the splits of another teacher or k found in --out (default: refuse)")
     args = parser.parse_args(argv)
 
+    if not args.data.is_dir():  # fairseq's FileNotFoundError traceback otherwise
+        raise TopKCacheError(f"{args.data}: no such directory (give fairseq-binarized data, e.g. PREP_DIR/bin)")
     from fairseq_plugins.tasks import translation_task
     from fairseq_plugins.teacher import load_teachers
 
@@ -95,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
             task.load_dataset(split)
         except FileNotFoundError:
             raise TopKCacheError(f"--splits {args.splits!r}: {args.data} has no binarized split {split!r}") from None
+    replace_other_teachers_splits(args.out, [info.sha256 for info in infos], args.k, args.overwrite)
     device = torch.device("cuda" if args.gpu else "cpu")
     teachers = [t.to(device) for t in teachers]
     for split in splits:
@@ -105,6 +111,18 @@ def main(argv: list[str] | None = None) -> int:
               f"{size / max(manifest['tokens'], 1):.1f} bytes/token -> {args.out / split}")
         print_skipped(split, manifest)
     return 0
+
+
+def replace_other_teachers_splits(out: Path, teacher_sha256: list[str], k: int, overwrite: bool) -> None:
+    """Refuse (or, with ``overwrite``, delete) splits in ``out`` made by another teacher or at another k,
+    so that a cache never mixes teachers."""
+    others = splits_of_another_teacher(out, teacher_sha256, k)
+    if others and not overwrite:
+        raise TopKCacheError(f"{out} holds top-k caches of another teacher or k ({', '.join(p.name for p in others)}): "
+                             f"pass --overwrite to replace them, or choose another --out")
+    for split_dir in others:
+        print(f"[lskd-dump-topk] removing {split_dir} (another teacher or k)", flush=True)
+        shutil.rmtree(split_dir)
 
 
 def print_skipped(split: str, manifest: dict) -> None:

@@ -56,6 +56,7 @@ def stability_report(checkpoint: Path, data_dir: Path, split: str, out_dir: Path
     from fairseq_plugins.teacher import teacher_log_probs
 
     data = load_prepared(data_dir)
+    data.sentences(split)  # a split it lacks is named now, not as fairseq's "Dataset not found" traceback
     task, model, info = task_and_model(checkpoint, data)
     model.to(device)
     lengths = checked_lengths(task, model, split, too_long, "the statistics (the record lists them)")

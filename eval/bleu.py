@@ -58,6 +58,8 @@ def paired_bootstrap(baseline: list[str], system: list[str], references: list[st
     if not len(baseline) == len(system) == len(references):
         raise CorpusError(f"paired test needs equal counts: baseline {len(baseline)}, system {len(system)}, "
                           f"references {len(references)}")
+    if not references:  # sacrebleu's IndexError otherwise
+        raise CorpusError("no references to score against")
     test = PairedTest([("baseline", baseline), ("system", system)],
                       {"BLEU": bleu_metric(tgt_lang, tokenize), "chrF": sacrebleu.CHRF()}, [references], test_type="bs",
                       n_samples=samples)

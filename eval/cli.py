@@ -11,6 +11,7 @@ from eval.speed import DEFAULT_ENGINES
 from lskd.corpus import read_lines
 from lskd.decoding import QUANTIZATIONS, DecodingOptions, add_engine_arguments, engine_settings, set_decoder_threads
 from lskd.errors import console_script, count_at_least, output_directory
+from lskd.projection import figure_path
 from lskd.scoring import TOKENIZERS
 from lskd.too_long import TOO_LONG_POLICIES
 
@@ -75,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     stability.add_argument("--out", required=True, type=output_directory, help="directory for stability-SPLIT.json")
     stability.add_argument("--max-classes", type=count_at_least(1), default=1000,
                            help="the most frequent gold tokens used as classes (memory: N x V x 8 bytes; default 1000)")
-    stability.add_argument("--max-tokens", type=int, default=4096)
+    stability.add_argument("--max-tokens", type=count_at_least(1), default=4096)
     add_too_long(stability, "the statistics")
 
     project = commands.add_parser("project", help="penultimate-layer picture of three target tokens, one panel per checkpoint")
@@ -84,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     project.add_argument("--split", default="test")
     project.add_argument("--tokens", nargs=3, default=["▁God", "▁Lord", "▁water"],
                          help="three target pieces: two related, one not (default: ▁God ▁Lord ▁water)")
-    project.add_argument("--out", required=True, type=Path, help="PNG file")
+    project.add_argument("--out", required=True, type=figure_path, help="picture file (.png, .pdf, .svg, ...)")
     add_too_long(project, "the picture")
 
     compare = commands.add_parser("compare", help="paired bootstrap significance of two systems (sacrebleu --paired-bs)")

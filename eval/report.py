@@ -335,12 +335,10 @@ def plot_bleu_vs_speed(rows: list[SystemRow], path: Path) -> Path | None:
                 series[engine].append((words, summary["bleu"]["score"], row.system))
     if sum(len(points) for points in series.values()) < 2:
         return None
-    import matplotlib
+    from matplotlib.figure import Figure  # not pyplot: no process-wide backend or figure registry
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(7, 4.5), dpi=100)
+    figure = Figure(figsize=(7, 4.5), dpi=100)
+    axis = figure.subplots()
     for engine, points in sorted(series.items()):
         axis.scatter([w for w, _, _ in points], [b for _, b, _ in points], label=engine)
         for words, bleu, system in points:
@@ -352,7 +350,6 @@ def plot_bleu_vs_speed(rows: list[SystemRow], path: Path) -> Path | None:
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path)
-    plt.close(figure)
     return path
 
 

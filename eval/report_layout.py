@@ -52,12 +52,10 @@ def plot_against_temperature(series: dict[str, list[tuple[float, float]]], ylabe
     (a plot of single points would carry no information a table does not)."""
     if not any(len({t for t, _ in points}) > 1 for points in series.values()):
         return None
-    import matplotlib
+    from matplotlib.figure import Figure  # not pyplot: no process-wide backend or figure registry
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(6, 4), dpi=100)
+    figure = Figure(figsize=(6, 4), dpi=100)
+    axis = figure.subplots()
     for label, points in sorted(series.items()):
         points = sorted(points)
         axis.plot([t for t, _ in points], [v for _, v in points], marker="o", label=label)
@@ -68,7 +66,6 @@ def plot_against_temperature(series: dict[str, list[tuple[float, float]]], ylabe
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path)
-    plt.close(figure)
     return path
 
 

@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from lskd.errors import LSKDError, console_script, count_at_least
-from lskd.projection import project_onto_template_plane, save_projection_figure
+from lskd.projection import figure_path, project_onto_template_plane, save_projection_figure
 from lskd.train.config import TrainConfig, from_dict
 from lskd.vision.data import build_data, normalize
 
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoints", nargs="+", required=True, help="lskd-train checkpoints, one panel each")
     parser.add_argument("--classes", nargs=3, required=True, metavar="NAME", help="three class names")
-    parser.add_argument("--out", required=True, help="PNG file")
+    parser.add_argument("--out", required=True, type=figure_path, help="picture file (.png, .pdf, .svg, ...)")
     parser.add_argument("--data-dir", help="the data, if not where the checkpoints were trained on")
     parser.add_argument("--limit", type=count_at_least(1), help="use only the first N test images")
     args = parser.parse_args(argv)

@@ -54,17 +54,24 @@ def count_at_least(minimum: int) -> Callable[[str], int]:
     return parse
 
 
+def file_in_the_way(directory: str | os.PathLike) -> Path | None:
+    """The existing file (not a directory) at ``directory`` or a folder above it, which would stop
+    ``mkdir``; None if the directory exists or can be made."""
+    path = Path(directory)
+    for folder in (path, *path.parents):
+        if folder.exists():
+            return None if folder.is_dir() else folder
+    return None
+
+
 def output_directory(text: str) -> Path:
     """An argparse ``type`` for a directory a command writes: refused (argparse's usage error, exit
     status 2, before any work) if it or a folder above it is an existing file; it need not exist yet.
     Without it, ``mkdir`` would fail with a traceback, after the decoding in ``lskd-eval bleu``."""
-    path = Path(text)
-    for folder in (path, *path.parents):
-        if folder.exists():
-            if not folder.is_dir():
-                raise argparse.ArgumentTypeError(f"{text}: {folder} is a file, not a directory")
-            break
-    return path
+    blocker = file_in_the_way(text)
+    if blocker is not None:
+        raise argparse.ArgumentTypeError(f"{text}: {blocker} is a file, not a directory")
+    return Path(text)
 
 
 def console_script(prog: str) -> Callable[[Callable[[Sequence[str] | None], int]], Callable[[Sequence[str] | None], int]]:

@@ -35,6 +35,19 @@ def project_onto_template_plane(features: torch.Tensor, templates: torch.Tensor)
     return (features.double() - origin) @ basis.T
 
 
+def figure_path(text: str) -> Path:
+    """An argparse ``type`` for a picture to write: its suffix must be a format matplotlib saves
+    (png, pdf, svg, ...), checked before any work (matplotlib would refuse it only at the end)."""
+    import argparse
+
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if Path(text).suffix.lstrip(".").lower() not in formats:
+        raise argparse.ArgumentTypeError(f"{text}: give a picture file ending in .{', .'.join(sorted(formats))}")
+    return Path(text)
+
+
 def save_projection_figure(
     panels: Sequence[tuple[str, torch.Tensor, torch.Tensor]],
     class_names: Sequence[str],
@@ -43,13 +56,11 @@ def save_projection_figure(
     dpi: int = 100,
 ) -> Path:
     """One scatter panel per model, side by side: (title, (N, 2) coordinates, (N,) class 0..2)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: no process-wide backend or figure registry
 
     width, height = size_inches
-    figure, axes = plt.subplots(1, len(panels), figsize=(width * len(panels), height), dpi=dpi, squeeze=False)
+    figure = Figure(figsize=(width * len(panels), height), dpi=dpi)
+    axes = figure.subplots(1, len(panels), squeeze=False)
     colours = ("tab:blue", "tab:orange", "tab:green")
     for axis, (title, points, labels) in zip(axes[0], panels):
         for cls, (name, colour) in enumerate(zip(class_names, colours)):
@@ -60,5 +71,4 @@ def save_projection_figure(
     figure.tight_layout()
     path = Path(path)
     figure.savefig(path)
-    plt.close(figure)
     return path

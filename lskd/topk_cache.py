@@ -81,6 +81,18 @@ class TopKCacheWriter:
         return self.manifest
 
 
+def splits_of_another_teacher(directory: str | Path, teacher_sha256: Sequence[str], k: int) -> list[Path]:
+    """The finished split caches in ``directory`` made by other teachers or at another k. A cache
+    directory holds one teacher's splits: training on one teacher's and validating on another's
+    would be silently wrong."""
+    found = []
+    for manifest in sorted(Path(directory).glob(f"*/{MANIFEST}")):
+        record = read_json(manifest, required=("k", "teacher_sha256"))
+        if record["teacher_sha256"] != list(teacher_sha256) or record["k"] != k:
+            found.append(manifest.parent)
+    return found
+
+
 class TopKCache:
     """Read side: look up a batch of sentences by id."""
 
@@ -90,7 +102,10 @@ class TopKCache:
         if not manifest_path.is_file():
             raise TopKCacheError(f"{self.directory} is not a finished top-k cache (no {MANIFEST})")
         self.manifest = read_json(manifest_path, required=("k",))
-        self.k = int(self.manifest["k"])
+        if not isinstance(self.manifest["k"], int) or self.manifest["k"] < 1:
+            raise TopKCacheError(f"{manifest_path}: k = {self.manifest['k']!r} is not a count; rebuild the cache "
+                                 f"with lskd-dump-topk")
+        self.k = self.manifest["k"]
         self.offsets = np.load(self.directory / "offsets.npy")
         self.indices = np.load(self.directory / "indices.npy", mmap_mode="r")
         self.probs = np.load(self.directory / "probs.npy", mmap_mode="r")

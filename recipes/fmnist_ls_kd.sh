@@ -20,6 +20,7 @@
 set -euo pipefail
 
 if [ "${1:-}" = --dry-run ]; then export LSKD_DRY_RUN=1; shift; fi
+[ $# -eq 0 ] || { echo "$(basename "$0"): error: unknown argument '$1' (usage: bash recipes/$(basename "$0") [--dry-run])" >&2; exit 2; }
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh" plots  # matplotlib: the picture and the report's plot
 source "$LSKD_ROOT/recipes/lib.sh"
 RUN=${LSKD_RUN_DIR:-$LSKD_ROOT/runs/fmnist_ls_kd}

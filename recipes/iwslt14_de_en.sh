@@ -21,7 +21,10 @@
 set -euo pipefail
 
 if [ "${1:-}" = --dry-run ]; then export LSKD_DRY_RUN=1; shift; fi
-ARCHIVE=${1:?usage: bash recipes/iwslt14_de_en.sh [--dry-run] /path/to/de-en.tgz}
+if [ $# -ne 1 ] || [ "${1#-}" != "$1" ]; then
+  echo "$(basename "$0"): error: expected one archive, got '$*' (usage: bash recipes/$(basename "$0") [--dry-run] /path/to/de-en.tgz)" >&2; exit 2
+fi
+ARCHIVE=$1
 LSKD_DEVICE=${LSKD_DEVICE:-gpu}
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh" plots  # the report's figures; an argument, or env.sh reads $1
 source "$LSKD_ROOT/recipes/lib.sh"

@@ -43,6 +43,7 @@
 #                                    picture (default "▁God ▁Lord ▁water")
 set -euo pipefail
 if [ "${1:-}" = --dry-run ]; then export LSKD_DRY_RUN=1; shift; fi
+[ $# -eq 0 ] || { echo "$(basename "$0"): error: unknown argument '$1' (usage: bash recipes/$(basename "$0") [--dry-run])" >&2; exit 2; }
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh" plots
 source "$LSKD_ROOT/recipes/lib.sh"
 share_cores

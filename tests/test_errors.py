@@ -130,6 +130,10 @@ COUNT_FLAGS = [  # (script, its module, argv before the flag, flag, bad value, m
                                                            "--out", str(p / "o.png")],
      "--limit", "0", 1),
     ("lskd-train", "lskd.train.cli", lambda p: ["config.yaml"], "--stop-after-epochs", "-1", 1),
+    ("lskd-eval stability", "eval.cli", lambda p: ["stability", "--checkpoint", str(p / "t.pt"), "--data", str(p / "data"),
+                                                "--out", str(p / "out")], "--max-tokens", "0", 1),  # 1 sentence a batch, silently
+    ("lskd-dump-topk", "data_prep.dump_topk", lambda p: [str(p / "bin"), "--teacher-path", str(p / "t.pt"),
+                                                      "--out", str(p / "out")], "--max-tokens", "0", 1),
 ]
 
 
@@ -168,3 +172,31 @@ def test_an_output_directory_that_is_a_file_is_refused_before_any_work(tmp_path,
         importlib.import_module(module).main([*argv(tmp_path), "--out", str(out)])
     assert stop.value.code == 2 and blocker.read_text() == "not a directory"
     assert f"error: argument --out: {out}: {blocker} is a file, not a directory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("script,module,argv", [
+    ("lskd-vision-project", "eval.vision_project", ["--checkpoints", "c.pt", "--classes", "a", "b", "c"]),
+    ("lskd-eval project", "eval.cli", ["project", "--checkpoints", "c.pt", "--data", "d"]),
+])
+def test_a_picture_file_matplotlib_cannot_write_is_refused_before_any_work(tmp_path, capsys, script, module, argv):
+    """Before: matplotlib's ValueError traceback at the end, after every activation was computed."""
+    import importlib
+
+    with pytest.raises(SystemExit) as stop:
+        importlib.import_module(module).main([*argv, "--out", str(tmp_path / "picture.txt")])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err  # the formats are matplotlib's own list
+    assert f"argument --out: {tmp_path / 'picture.txt'}: give a picture file ending in ." in err and ".png, " in err
+
+
+def test_empty_files_and_a_missing_data_directory_are_one_line(tmp_path, capsys):
+    from data_prep.dump_topk import main as dump_main
+    from eval.cli import main as eval_main
+
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    assert eval_main(["compare", "--baseline", str(empty), "--system", str(empty), "--ref", str(empty)]) == 2
+    assert capsys.readouterr().err.strip() == "lskd-eval: error: no references to score against"  # an IndexError before
+    assert dump_main([str(tmp_path / "nodir"), "--teacher-path", "t.pt", "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.strip() == (f"lskd-dump-topk: error: {tmp_path / 'nodir'}: no such directory (give "
+                                               f"fairseq-binarized data, e.g. PREP_DIR/bin)")

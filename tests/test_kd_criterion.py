@@ -144,6 +144,29 @@ def test_cache_for_other_data_is_refused(bible_slice, trained_checkpoint, tmp_pa
               "--train-subset", "valid", "--teacher-topk-cache", str(tmp_path / "cache"))
 
 
+def test_a_cache_never_mixes_teachers(bible_slice, trained_checkpoint, second_checkpoint, tmp_path, capsys):
+    """lskd-dump-topk replaced another teacher's split without a word, and fairseq-train then trained on
+    one teacher's cache and validated on the other's."""
+    from data_prep.dump_topk import main as dump_main
+    from lskd.topk_cache import TopKCacheError
+
+    cache = tmp_path / "cache"
+    dump = [str(bible_slice / "bin"), "--k", "4", "--out", str(cache), "--max-tokens", "8192"]
+    assert dump_main([*dump, "--teacher-path", str(trained_checkpoint), "--splits", "test"]) == 0
+    before = (cache / "test" / "probs.npy").read_bytes()
+    assert dump_main([*dump, "--teacher-path", str(second_checkpoint), "--splits", "valid"]) == 2
+    assert f"{cache} holds top-k caches of another teacher or k (test): pass --overwrite" in capsys.readouterr().err
+    assert (cache / "test" / "probs.npy").read_bytes() == before and not (cache / "valid").exists()
+    (cache / "test").rename(tmp_path / "aside")  # set aside, to make a mixed cache below
+    assert dump_main([*dump, "--teacher-path", str(second_checkpoint), "--splits", "valid"]) == 0
+    (tmp_path / "aside").rename(cache / "test")  # valid is the second teacher's, test the first's
+    with pytest.raises(TopKCacheError, match="its valid and test splits come from different teachers or k"):
+        build(bible_slice / "bin", "--criterion", "label_smoothed_cross_entropy_with_kd", "--kd-alpha", "0.5",
+              "--train-subset", "valid", "--valid-subset", "test", "--teacher-topk-cache", str(cache))
+    assert dump_main([*dump, "--teacher-path", str(second_checkpoint), "--splits", "valid", "--overwrite"]) == 0
+    assert [p.name for p in cache.iterdir()] == ["valid"]  # the first teacher's test split is gone
+
+
 def test_dump_topk_names_a_missing_split_before_dumping_any(bible_slice, trained_checkpoint, tmp_path, capsys):
     # before: " nope" (or "train, valid") reached fairseq's FileNotFoundError traceback after train was dumped
     from data_prep.dump_topk import main as dump_main

@@ -25,6 +25,18 @@ def dry_run(*args: str, recipe: str = "iwslt14_de_en.sh", **env: str) -> list[li
     return [shlex.split(line) for line in result.stdout.splitlines()]
 
 
+@pytest.mark.parametrize("recipe,args", [("quickstart.sh", ["--dryrun"]), ("fmnist_ls_kd.sh", ["--dryrun"]),
+                                         ("bible_temperature_sweep.sh", ["--dry-run", "extra"]),
+                                         ("iwslt14_de_en.sh", ["--dryrun", "/data/de-en.tgz"])])
+def test_a_misspelled_flag_stops_a_recipe_before_anything_runs(tmp_path, recipe, args):
+    """Before: `fmnist_ls_kd.sh --dryrun` ignored the flag and began the real run (a venv, then training)."""
+    result = subprocess.run(["bash", str(REPO / "recipes" / recipe), *args], capture_output=True, text=True, cwd=tmp_path,
+                            env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "LSKD_RUN_DIR": str(tmp_path / "run")})
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith(f"{recipe}: error: ") and "usage: bash " in result.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing made: no venv, no run directory
+
+
 def test_iwslt14_dry_run_lists_the_whole_grid():
     commands = dry_run("/data/de-en.tgz", SEEDS="1 2 3", TEMPERATURES="1 2 3 64")
     programs = Counter(c[0] for c in commands)

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from lskd.topk_cache import MANIFEST, TopKCache, TopKCacheError, TopKCacheWriter
+from lskd.topk_cache import MANIFEST, TopKCache, TopKCacheError, TopKCacheWriter, splits_of_another_teacher
 
 K = 3
 LENGTHS = [2, 0, 4, 1]  # sentence 1 has no target token at all
@@ -102,3 +102,16 @@ def test_a_skip_does_not_excuse_a_missing_sentence_and_must_be_in_the_split(tmp_
         writer.close()
     with pytest.raises(TopKCacheError, match=r"skipped sentence ids 4, 7 are not in the split \(4 sentences\)"):
         TopKCacheWriter(tmp_path, K, LENGTHS, {}, skipped=[7, 1, 4])
+
+
+def test_splits_of_another_teacher_or_k_are_found_and_a_bad_k_is_named(tmp_path):
+    write_cache(tmp_path / "train")
+    write_cache(tmp_path / "valid", manifest={"data_sha256": "v" * 64, "teacher_sha256": ["u" * 64]})
+    (tmp_path / "test").mkdir()  # unfinished (no manifest): nobody's yet
+    assert splits_of_another_teacher(tmp_path, ["t" * 64], K) == [tmp_path / "valid"]
+    assert splits_of_another_teacher(tmp_path, ["t" * 64], K + 1) == [tmp_path / "train", tmp_path / "valid"]
+    assert splits_of_another_teacher(tmp_path / "none-yet", ["t" * 64], K) == []
+    manifest = tmp_path / "train" / MANIFEST
+    manifest.write_text(manifest.read_text().replace(f'"k": {K}', '"k": "eight"'))
+    with pytest.raises(TopKCacheError, match=f"{manifest}: k = 'eight' is not a count"):
+        TopKCache(tmp_path / "train")

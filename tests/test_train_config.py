@@ -65,6 +65,10 @@ def test_unknown_keys_and_wrong_types_are_named(override, message):
     (["optim.weight_decay=-1"], "optim.weight_decay must be >= 0"),
     (["optim.nesterov=true", "optim.momentum=0"], "optim.nesterov needs optim.momentum > 0"),
     (["schedule.gamma=0"], "schedule.gamma must be > 0, got 0"),  # before: a learning rate of 0, silently
+    (["kd.temperature=.inf", "kd.alpha=1", "kd.teacher=t.pt"], "kd.temperature must be a finite number, got inf"),  # NaN losses
+    (["data.imbalance_ratio=.nan"], "data.imbalance_ratio must be a finite number, got nan"),  # trained, NaN in metrics.json
+    (["kd.alpha=1.5"], r"kd alpha must be in \[0, 1\], got 1.5"),  # before: "needs kd.teacher" first
+    (["schedule.milestones=[10,"], r"override 'schedule.milestones=\[10,': the value is not valid YAML"),  # a traceback
 ])
 def test_values_that_cannot_make_a_run_are_refused(overrides, message):
     with pytest.raises(ConfigError, match=message):
@@ -78,6 +82,15 @@ def test_files_name_the_key_at_fault_in_one_line(tmp_path):
         with pytest.raises(ConfigError, match=message) as caught:
             load_config(write(tmp_path, text))
         assert "\n" not in str(caught.value)
+    with pytest.raises(ConfigError, match="is empty: give the sections"):  # before: a run on every default
+        load_config(write(tmp_path, "\n"))
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes("kd: {teacher: t\u00e9.pt}\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=f"{latin1}: not UTF-8 text"):  # before: UnicodeDecodeError naming no file
+        load_config(latin1)
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(ConfigError, match=f"out_dir {tmp_path}/a-file/run: {tmp_path}/a-file is a file"):
+        load_config(None, [f"out_dir={tmp_path}/a-file/run"])  # before: FileExistsError in mkdir
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "missing.yaml")
 

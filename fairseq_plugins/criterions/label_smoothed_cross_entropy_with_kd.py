@@ -124,6 +124,10 @@ class LabelSmoothedCrossEntropyWithKDCriterion(LabelSmoothedCrossEntropyCriterio
                 f"teacher label smoothing {cache.manifest.get('teacher_label_smoothing')}"
             )
             self._caches[training] = cache
+        opened = [cache for cache in self._caches.values() if cache is not None]
+        if len({(cache.k, tuple(cache.manifest.get("teacher_sha256") or ())) for cache in opened}) > 1:
+            raise TopKCacheError(f"top-k cache {directory}: its {self.subsets[True]} and {self.subsets[False]} splits "
+                                 f"come from different teachers or k; dump them with one lskd-dump-topk run")
         self._check_skipped(task, directory)
 
     def _check_skipped(self, task, directory) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from lskd.errors import LSKDError
+from lskd.errors import LSKDError, file_in_the_way
 from lskd.losses import validate_kd_args
 
 T = TypeVar("T")
@@ -118,7 +119,11 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
     with config_errors():
         for key, value in read_yaml(path).items():  # section by section, so an error names its key
             OmegaConf.update(config, str(key), value, merge=True)
-        config.merge_with_dotlist(list(overrides))
+        for override in overrides:  # one by one, so an error names its override
+            try:
+                config.merge_with_dotlist([override])
+            except yaml.YAMLError as err:
+                raise ConfigError(f"override {override!r}: the value is not valid YAML ({' '.join(str(err).split())})") from None
         checked = OmegaConf.to_object(config)
     validate(checked)
     return checked
@@ -135,8 +140,12 @@ def read_yaml(path: str | Path | None) -> DictConfig:
         raw = OmegaConf.load(path)
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {' '.join(str(err).split())}") from err
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text ({err})") from err
     if not isinstance(raw, DictConfig):
         raise ConfigError(f"{path}: the top level must be a mapping of sections, got a list")
+    if not raw:  # a blank file would start a run on every default
+        raise ConfigError(f"{path} is empty: give the sections that make the experiment (see configs/)")
     return raw
 
 
@@ -176,6 +185,13 @@ def validate(config: TrainConfig) -> None:
     def value(key: str) -> Any:
         return functools.reduce(getattr, key.split("."), config)
 
+    for key, number in flatten(to_dict(config)).items():  # inf and nan pass every comparison below
+        if isinstance(number, float) and not math.isfinite(number):
+            raise ConfigError(f"{key} must be a finite number, got {number}")
+    try:  # before the checks that name kd.teacher: a bad alpha is the first thing to fix
+        validate_kd_args(config.kd.alpha, config.kd.temperature)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
     for key, allowed in {"model.name": tuple(sorted(MODELS)), **CHOICES}.items():
         if value(key) not in allowed:
             raise ConfigError(f"{key} {value(key)!r} is not one of {', '.join(allowed)}")
@@ -198,10 +214,9 @@ def validate(config: TrainConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
-    try:
-        validate_kd_args(kd.alpha, kd.temperature)
-    except ValueError as err:
-        raise ConfigError(str(err)) from err
+    blocker = file_in_the_way(config.out_dir)
+    if blocker is not None:
+        raise ConfigError(f"out_dir {config.out_dir}: {blocker} is a file, not a directory")
 
 
 def to_dict(config: TrainConfig) -> dict[str, Any]:
