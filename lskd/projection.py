@@ -22,6 +22,8 @@ def plane_basis(templates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     origin = templates[0].double()
     first = templates[1].double() - origin
     second = templates[2].double() - origin
+    if first.norm() == 0 or second.norm() == 0 or (second - first).norm() == 0:
+        raise InvalidValueError("two of the three templates are the same (one class named twice?): they do not span a plane")
     u1 = first / first.norm()
     v = second - (second @ u1) * u1
     if v.norm() < 1e-12 * second.norm().clamp_min(1e-30):

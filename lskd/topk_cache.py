@@ -106,12 +106,19 @@ class TopKCache:
             raise TopKCacheError(f"{manifest_path}: k = {self.manifest['k']!r} is not a count; rebuild the cache "
                                  f"with lskd-dump-topk")
         self.k = self.manifest["k"]
-        self.offsets = np.load(self.directory / "offsets.npy")
-        self.indices = np.load(self.directory / "indices.npy", mmap_mode="r")
-        self.probs = np.load(self.directory / "probs.npy", mmap_mode="r")
+        self.offsets, self.indices, self.probs = (self._array(name) for name in ("offsets", "indices", "probs"))
         skipped = self.manifest.get("skipped") or {}  # caches written before skipping existed have none
         self.skipped = frozenset(skipped.get("ids", ()))
         self.skip_reason = skipped.get("reason")
+
+    def _array(self, name: str) -> np.ndarray:
+        """``NAME.npy`` of the cache (indices and probabilities memory-mapped); a truncated or missing
+        file is named (numpy's own message does not say which)."""
+        path = self.directory / f"{name}.npy"
+        try:
+            return np.load(path) if name == "offsets" else np.load(path, mmap_mode="r")
+        except (OSError, ValueError) as error:
+            raise TopKCacheError(f"{path}: unreadable ({error}); rebuild the cache with lskd-dump-topk") from error
 
     def check(self, *, data_sha256: str, vocab_size: int | None = None, teacher_sha256: Sequence[str] | None = None) -> None:
         """Refuse a cache made for other data or another teacher, or one with k beyond the vocabulary."""

@@ -29,6 +29,9 @@ def test_component_off_the_plane_is_ignored():
 def test_collinear_templates_are_refused():
     with pytest.raises(ValueError, match="collinear"):
         plane_basis(torch.tensor([[0.0, 0], [1.0, 1], [2.0, 2]]))
+    for twice in ([[1.0, 2], [1.0, 2], [0.0, 5]], [[1.0, 2], [0.0, 5], [1.0, 2]], [[0.0, 5], [1.0, 2], [1.0, 2]]):
+        with pytest.raises(ValueError, match="two of the three templates are the same"):  # NaN coordinates before
+            plane_basis(torch.tensor(twice))
 
 
 def png_size(path):

@@ -115,3 +115,11 @@ def test_splits_of_another_teacher_or_k_are_found_and_a_bad_k_is_named(tmp_path)
     manifest.write_text(manifest.read_text().replace(f'"k": {K}', '"k": "eight"'))
     with pytest.raises(TopKCacheError, match=f"{manifest}: k = 'eight' is not a count"):
         TopKCache(tmp_path / "train")
+
+
+def test_a_truncated_array_is_named(tmp_path):
+    write_cache(tmp_path)
+    probs = tmp_path / "probs.npy"
+    probs.write_bytes(probs.read_bytes()[:-8])  # a copy cut short
+    with pytest.raises(TopKCacheError, match=f"{probs}: unreadable"):  # numpy's message named no file
+        TopKCache(tmp_path)
