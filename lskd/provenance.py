@@ -60,6 +60,8 @@ def read_json(path: str | os.PathLike, required: Sequence[str] = ()) -> dict[str
     :class:`RecordError` naming it: a damaged record would otherwise surface as a traceback far from it."""
     try:
         record = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RecordError(f"{path}: no such file") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise RecordError(f"{path}: not a readable JSON record ({error}); rerun the command that wrote it") from error
     if not isinstance(record, dict):

@@ -406,6 +406,13 @@ def test_a_report_written_outside_the_run_shows_each_picture_once_with_paths_fro
                                                                 "../runs/q/plots/penultimate_a_b_c.png"]
 
 
+def test_lskd_eval_table_names_a_missing_record(tmp_path, capsys):
+    from eval.cli import main as eval_main
+
+    assert eval_main(["table", str(tmp_path / "bleu-tset.json")]) == 2  # a typo
+    assert capsys.readouterr().err.strip() == f"lskd-eval: error: {tmp_path / 'bleu-tset.json'}: no such file"
+
+
 @pytest.mark.parametrize("damage,message", [
     ("[]", "expected a JSON object, found a list"),
     ('{"scores": ', "not a readable JSON record"),
