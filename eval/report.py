@@ -172,8 +172,7 @@ def build_rows(run_dir: Path) -> list[SystemRow]:
             checkpoints={str(Path(r["checkpoint"]["path"]).resolve()) for r in members},
             teacher_checkpoints=_teacher_paths(members),
             speed=next((speed[_measured(r)] for r in members if _measured(r) in speed), None),
-            int8_bleu=[_int8_bleu(_measured(r), int8_bleu, speed) for r in members
-                       if _int8_bleu(_measured(r), int8_bleu, speed) is not None],
+            int8_bleu=[score for r in members if (score := _int8_bleu(_measured(r), int8_bleu, speed)) is not None],
         ))
     return rows
 

@@ -106,17 +106,18 @@ class TopKCache:
             raise TopKCacheError(f"{manifest_path}: k = {self.manifest['k']!r} is not a count; rebuild the cache "
                                  f"with lskd-dump-topk")
         self.k = self.manifest["k"]
-        self.offsets, self.indices, self.probs = (self._array(name) for name in ("offsets", "indices", "probs"))
+        self.offsets = self._array("offsets", mmap_mode=None)
+        self.indices, self.probs = self._array("indices"), self._array("probs")
         skipped = self.manifest.get("skipped") or {}  # caches written before skipping existed have none
         self.skipped = frozenset(skipped.get("ids", ()))
         self.skip_reason = skipped.get("reason")
 
-    def _array(self, name: str) -> np.ndarray:
-        """``NAME.npy`` of the cache (indices and probabilities memory-mapped); a truncated or missing
-        file is named (numpy's own message does not say which)."""
+    def _array(self, name: str, mmap_mode: str | None = "r") -> np.ndarray:
+        """``NAME.npy`` of the cache; a truncated or missing file is named (numpy's own message does
+        not say which)."""
         path = self.directory / f"{name}.npy"
         try:
-            return np.load(path) if name == "offsets" else np.load(path, mmap_mode="r")
+            return np.load(path, mmap_mode=mmap_mode)
         except (OSError, ValueError) as error:
             raise TopKCacheError(f"{path}: unreadable ({error}); rebuild the cache with lskd-dump-topk") from error
 
