@@ -17,6 +17,7 @@ against the targets (the hand measurement of the issue: at 1 thread float32 1.94
 2 threads 2.11x and 2.24x; float32 >= 99 % identical; int8 within 0.5 BLEU).
 
     python benchmarks/decode_engines.py [--checkpoint CKPT] [--data PREP_DIR] [--split test] [--threads 1 2]
+                                        [--max-len-a 1.2 --max-len-b 10]
 """
 from __future__ import annotations
 
@@ -84,13 +85,19 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--max-batch-tokens", type=int, default=1024,
                         help="token cap of the token-batched int8 variant (default 1024)")
+    parser.add_argument("--max-len-a", type=float, default=DecodingOptions.max_len_a,
+                        help="length limit int(a * S + b), fairseq-generate's flag (default LSKD's 1.2)")
+    parser.add_argument("--max-len-b", type=int, default=DecodingOptions.max_len_b,
+                        help="(default LSKD's 10; fairseq-generate's own defaults are a = 0, b = 200)")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--rounds", type=int, default=1, help="repeat and take each variant's median")
     args = parse_with_teacher(parser)
     data = load_prepared(args.data)
     references = read_lines(data.raw(args.split, data.tgt))
-    options = DecodingOptions(beam=args.beam, batch_size=args.batch_size)
-    token_options = DecodingOptions(beam=args.beam, batch_size=args.batch_size * 4, max_batch_tokens=args.max_batch_tokens)
+    limit = {"max_len_a": args.max_len_a, "max_len_b": args.max_len_b}
+    options = DecodingOptions(beam=args.beam, batch_size=args.batch_size, **limit)
+    token_options = DecodingOptions(beam=args.beam, batch_size=args.batch_size * 4, max_batch_tokens=args.max_batch_tokens,
+                                    **limit)
     scratch = Path(tempfile.mkdtemp(prefix="lskd-engines-"))
     try:
         models = {q: export(args.checkpoint, args.data, scratch / q, q) for q in ("float32", "int8")}
@@ -104,7 +111,8 @@ def main() -> None:
         sizes = {"fairseq-generate": args.checkpoint.stat().st_size, **{f"ct2 {q}": load_export(m).size_bytes
                                                                        for q, m in models.items()}}
         print(f"{args.checkpoint}: {len(references)} sentences of {args.split}, beam {args.beam}, "
-              f"batches of {args.batch_size}; on disk: " + ", ".join(f"{k} {v / 1e6:.1f} MB" for k, v in sizes.items()))
+              f"batches of {args.batch_size}, length limit {args.max_len_a} * S + {args.max_len_b}; on disk: "
+              + ", ".join(f"{k} {v / 1e6:.1f} MB" for k, v in sizes.items()))
         failed = False
         for threads in args.threads:
             seconds = {name: [] for name in variants}
