@@ -70,10 +70,23 @@ def read_json(path: str | os.PathLike, required: Sequence[str] = ()) -> dict[str
         value: Any = record
         for key in dotted.split("."):
             if not isinstance(value, dict) or key not in value:
-                raise RecordError(f"{path}: the record has no '{dotted}' (damaged, or not written by LSKD); "
-                                  f"rerun the command that wrote it")
+                writer = written_by(record)
+                kind = f"written by '{writer}': another kind of record, or damaged" if writer else \
+                    "damaged, or not written by LSKD"
+                raise RecordError(f"{path}: the record has no '{dotted}' ({kind}); rerun the command that wrote it")
             value = value[key]
     return record
+
+
+def written_by(record: dict[str, Any]) -> str | None:
+    """The command that wrote ``record``, as its ``command`` field names it: the program and its
+    subcommand (``lskd-eval stability``), so that a record given to the wrong reader says what it is."""
+    words = str(record.get("command") or "").split()
+    if not words:
+        return None
+    program = Path(words[0]).name
+    subcommand = words[1] if len(words) > 1 and not words[1].startswith("-") else ""
+    return f"{program} {subcommand}".strip()
 
 
 def write_json(path: str | os.PathLike, record: dict[str, Any]) -> None:

@@ -30,6 +30,8 @@ STUDENT_UPDATES=${LSKD_STUDENT_UPDATES:-500}
 RUN=${LSKD_RUN_DIR:-runs/bible_temperature_sweep}
 DATA=${LSKD_DATA_DIR:-data/bible-de-en-4k}
 TEACHERS=${LSKD_TEACHERS:-$RUN}
+knobs number TEMPERATURES "${TEMPERATURES[@]}"; knobs integer SEEDS "${SEEDS[@]}"; knobs number LSKD_KD_ALPHA "$KD_ALPHA"
+knobs integer LSKD_TEACHER_UPDATES "$TEACHER_UPDATES"; knobs integer LSKD_STUDENT_UPDATES "$STUDENT_UPDATES"
 BEAM=5
 started=$(date +%s)
 

@@ -30,6 +30,8 @@ read -r -a IMBALANCE_RATIOS <<< "${IMBALANCE_RATIOS:-1 100}"
 KD_ALPHA=${KD_ALPHA:-1}
 TEACHER_LS=${TEACHER_LS:-0.1}
 NPROC=${NPROC:-1}
+knobs number TEMPERATURES "${TEMPERATURES[@]}"; knobs integer SEEDS "${SEEDS[@]}"; knobs number KD_ALPHA "$KD_ALPHA"
+knobs number IMBALANCE_RATIOS "${IMBALANCE_RATIOS[@]}"; knobs number TEACHER_LS "$TEACHER_LS"; knobs integer NPROC "$NPROC"
 read -r -a PICTURE <<< "${PICTURE_CLASSES:-Shirt T-shirt/top Sneaker}"
 COMMON=()  # --set values shared by every run
 [ -n "${EPOCHS:-}" ] && COMMON+=("schedule.epochs=$EPOCHS")

@@ -14,6 +14,17 @@ GPU_FLAG=(); [ "$LSKD_DEVICE" != gpu ] || GPU_FLAG=(--gpu)
 # machine (torch 2.13, measured 2026-11). benchmarks/kd_throughput.py runs all criteria under this setting.
 export GLIBC_TUNABLES=${GLIBC_TUNABLES:-glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=4294967296}
 
+# knobs integer|number NAME VALUE...: stop the recipe (exit 2) when the knob NAME holds something other
+# than non-negative integers (updates, seeds) or numbers (temperatures, alpha); otherwise the first
+# stage to use it would fail minutes later, inside fairseq's argument parser.
+knobs() {
+  local kind=$1 name=$2 value pattern='^[0-9]+$'; shift 2
+  [ "$kind" = integer ] || pattern='^([0-9]+[.]?[0-9]*|[.][0-9]+)$'
+  for value in "$@"; do
+    [[ $value =~ $pattern ]] || { echo "$(basename "$0"): error: $name must hold ${kind}s, got '$value'" >&2; exit 2; }
+  done
+}
+
 stage() { [ "$LSKD_DRY_RUN" = 1 ] || printf '\n== %s\n' "$*"; }
 say() { [ "$LSKD_DRY_RUN" = 1 ] || echo "   $*"; }
 

@@ -65,6 +65,8 @@ read -r -a DISTILL_ENGINE <<< "${LSKD_DISTILL_ENGINE:---engine ctranslate2 --qua
 read -r -a DISTILL_FILTER <<< "${LSKD_DISTILL_FILTER-$FILTER}"
 read -r -a SPEED_ENGINES <<< "${LSKD_SPEED_ENGINES:-fairseq ct2-int8}"
 SEED=${LSKD_SEED:-1}
+knobs integer LSKD_TEACHER_UPDATES "$UPDATES"; knobs integer LSKD_STUDENT_UPDATES "$STUDENT_UPDATES"
+knobs number LSKD_KD_ALPHA "$KD_ALPHA"; knobs integer LSKD_DISTILL_BEAM "$DISTILL_BEAM"; knobs integer LSKD_SEED "$SEED"
 SUFFIX=""; [ "$PROFILE" != smoke ] || SUFFIX=-smoke
 RUN=${LSKD_RUN_DIR:-runs/quickstart$SUFFIX}
 DATA=${LSKD_DATA_DIR:-data/bible-de-en-4k$SUFFIX}

@@ -413,6 +413,18 @@ def test_lskd_eval_table_names_a_missing_record(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == f"lskd-eval: error: {tmp_path / 'bleu-tset.json'}: no such file"
 
 
+def test_lskd_eval_table_names_the_command_that_wrote_a_record_of_another_kind(tmp_path, capsys):
+    from eval.cli import main as eval_main
+
+    record = write(tmp_path / "stability-test.json", [json.dumps({"command": "/venv/bin/lskd-eval stability --split test",
+                                                                  "stability": 0.9})])
+    assert eval_main(["table", str(record)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(f"lskd-eval: error: {record}: the record has no '"), error
+    assert error.endswith("' (written by 'lskd-eval stability': another kind of record, or damaged); "
+                          "rerun the command that wrote it"), error
+
+
 @pytest.mark.parametrize("damage,message", [
     ("[]", "expected a JSON object, found a list"),
     ('{"scores": ', "not a readable JSON record"),

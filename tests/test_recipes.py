@@ -37,6 +37,22 @@ def test_a_misspelled_flag_stops_a_recipe_before_anything_runs(tmp_path, recipe,
     assert list(tmp_path.iterdir()) == []  # nothing made: no venv, no run directory
 
 
+@pytest.mark.parametrize("recipe,args,knob,value,kind", [
+    ("quickstart.sh", [], "LSKD_STUDENT_UPDATES", "5e2", "integers"),
+    ("quickstart.sh", [], "LSKD_KD_ALPHA", "half", "numbers"),
+    ("bible_temperature_sweep.sh", [], "TEMPERATURES", "1 two 3", "numbers"),
+    ("fmnist_ls_kd.sh", [], "SEEDS", "1 -2", "integers"),
+    ("iwslt14_de_en.sh", ["/data/de-en.tgz"], "DISTILL_SHARDS", "two", "integers"),
+])
+def test_a_knob_that_is_not_a_number_stops_the_recipe_naming_it(recipe, args, knob, value, kind):
+    """Before: the dry run printed the commands and a real run failed minutes later in fairseq's parser."""
+    result = subprocess.run(["bash", str(REPO / "recipes" / recipe), "--dry-run", *args], capture_output=True, text=True,
+                            env={"PATH": "/usr/bin:/bin", knob: value})
+    bad = next(v for v in value.split() if not v.replace(".", "", 1).isdigit())
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == f"{recipe}: error: {knob} must hold {kind}, got '{bad}'\n"
+
+
 def test_iwslt14_dry_run_lists_the_whole_grid():
     commands = dry_run("/data/de-en.tgz", SEEDS="1 2 3", TEMPERATURES="1 2 3 64")
     programs = Counter(c[0] for c in commands)
