@@ -45,10 +45,10 @@ class FairseqEngine:
         from omegaconf import OmegaConf
 
         from fairseq_plugins.tasks import accepted_positions, translation_task
-        from fairseq_plugins.teacher import load_teachers
+        from fairseq_plugins.teacher import EVAL_ROLES, load_teachers
 
         self.task = translation_task(data.bin_dir, data.src, data.tgt)
-        self.models, self.infos = load_teachers(teacher_path, self.task)
+        self.models, self.infos = load_teachers(teacher_path, self.task, EVAL_ROLES)
         self.device = torch.device(device)
         self.models = [m.to(self.device) for m in self.models]
         for model in self.models:  # as fairseq-generate does: beam-aware encoder-decoder attention

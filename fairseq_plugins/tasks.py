@@ -79,12 +79,12 @@ def task_and_model(checkpoint: str | Path, data: PreparedData) -> tuple[Any, tor
     """The task over a prepared directory, the checkpoint's model on it (eval mode, CPU) and its
     :class:`fairseq_plugins.teacher.TeacherInfo` (sha256, label smoothing). A missing checkpoint is a
     :class:`lskd.checkpoint.CheckpointError`, found before the task is built."""
-    from fairseq_plugins.teacher import load_teachers
+    from fairseq_plugins.teacher import EVAL_ROLES, load_teachers
 
     if not Path(checkpoint).is_file():
         raise CheckpointError(f"checkpoint not found: {checkpoint}")
     task = translation_task(data.bin_dir, data.src, data.tgt)
-    models, infos = load_teachers(str(checkpoint), task)
+    models, infos = load_teachers(str(checkpoint), task, EVAL_ROLES)
     return task, models[0], infos[0]
 
 

@@ -1,8 +1,10 @@
 """Load frozen fairseq teachers (one checkpoint or an ensemble) for a student's task.
 
-Shared by the KD criterion and ``lskd-dump-topk``. A teacher is checked against the student's
-target and source dictionaries before it is built, so a mismatch names both dictionary files and the
-differing tokens instead of failing inside ``load_state_dict`` with a tensor-shape error. The
+Shared by the KD criterion and ``lskd-dump-topk``, and by the commands that translate or measure a
+checkpoint on prepared data (their errors speak of a checkpoint and the data: :data:`EVAL_ROLES`).
+A teacher is checked against the student's target and source dictionaries before it is built, so a
+mismatch names both dictionary files and the differing tokens instead of failing inside
+``load_state_dict`` with a tensor-shape error. The
 teacher's architecture is its own (any fairseq encoder-decoder: a post-norm Transformer, an LSTM):
 only its vocabulary must be the student's.
 """
@@ -13,6 +15,7 @@ import os
 from dataclasses import dataclass
 from itertools import zip_longest
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -58,14 +61,14 @@ def describe_teachers(teacher_path: str) -> list[TeacherInfo]:
     return infos
 
 
-def _read_state(path: str) -> dict:
-    """The teacher's state through fairseq's loader; a missing or unreadable file is a :class:`TeacherError`."""
+def _read_state(path: str, roles: Roles) -> dict:
+    """The checkpoint's state through fairseq's loader; a missing or unreadable file is a :class:`TeacherError`."""
     try:
         return read_fairseq_state(path)
     except UnsafeCheckpointError:
         raise
     except CheckpointError as err:
-        raise TeacherError(f"teacher {err}") from err
+        raise TeacherError(f"{roles.model} {err}") from err
 
 
 #: Where a fairseq model keeps its embedding tables, per side: (source input, target output).
@@ -73,12 +76,30 @@ _VOCABULARY_WEIGHTS = {
     "source": ("encoder.embed_tokens.weight",),
     "target": ("decoder.output_projection.weight", "decoder.fc_out.weight", "decoder.embed_tokens.weight"),
 }
-#: Why each side's dictionary must be the student's.
-_WHY_SHARED = {
+
+
+class Roles(NamedTuple):
+    """How a dictionary mismatch names its two sides: the checkpoint's role, whose dictionaries the
+    data's are (``the student's``), the two in a list of differences, why each side must match, and the fix."""
+
+    model: str
+    data: str
+    columns: str
+    why: dict[str, str]
+    fix: str
+
+
+#: A teacher against a student's data (the KD criterion, lskd-dump-topk)
+KD_ROLES = Roles("teacher", "the student's", "teacher, student", {
     "target": "word-level KD compares teacher and student distributions over one target dictionary",
     "source": "the teacher reads the student's source tokens (online KD, lskd-dump-topk), so the source "
               "dictionaries must match too",
-}
+}, "prepare the student's data in the teacher's vocabulary (lskd-prepare text ... --teacher TEACHER)")
+#: A model translated or measured on prepared data (lskd-eval, lskd-distill-corpus)
+EVAL_ROLES = Roles("checkpoint", "the data's", "checkpoint, data", {
+    "target": "the model's output ids must be the data's target tokens",
+    "source": "the model reads the data's source token ids",
+}, "prepare the data in the checkpoint's vocabulary (lskd-prepare text ... --teacher CHECKPOINT)")
 
 
 def _vocabulary_size(model_state: dict, side: str) -> int | None:
@@ -109,13 +130,14 @@ def decoder_features(model: torch.nn.Module, net_input: dict) -> torch.Tensor:
     return model.decoder.extract_features(net_input["prev_output_tokens"], encoder_out)[0]
 
 
-def _first_differences(teacher: list[str], student: list[str], limit: int = 5) -> list[tuple[int, str | None, str | None]]:
-    """(index, teacher symbol, student symbol) where the two dictionaries differ (None past an end)."""
-    return [(i, a, b) for i, (a, b) in enumerate(zip_longest(teacher, student)) if a != b][:limit]
+def _first_differences(model: list[str], data: list[str], limit: int = 5) -> list[tuple[int, str | None, str | None]]:
+    """(index, checkpoint's symbol, data's symbol) where the two dictionaries differ (None past an end)."""
+    return [(i, a, b) for i, (a, b) in enumerate(zip_longest(model, data)) if a != b][:limit]
 
 
-def check_dictionaries(path: str, state: dict, task) -> None:
-    """Refuse a teacher whose target or source dictionary differs from the student's, naming both files.
+def check_dictionaries(path: str, state: dict, task, roles: Roles = KD_ROLES) -> None:
+    """Refuse a teacher whose target or source dictionary differs from the student's, naming both files
+    (``roles``: the words for the two sides, :data:`KD_ROLES` or :data:`EVAL_ROLES`).
 
     The teacher's dictionaries are found beside its checkpoint (a published model directory) or in
     the data directory its config names; where neither holds one, the sizes of its embedding
@@ -138,24 +160,23 @@ def check_dictionaries(path: str, state: dict, task) -> None:
             teacher_dict = Dictionary.load(str(teacher_file))
             if teacher_dict.symbols != student_dict.symbols:
                 raise TeacherError(
-                    f"teacher {path} was trained with {side} dictionary {teacher_file} ({len(teacher_dict)} types) "
-                    f"but the student's {side} dictionary is {student_file} ({len(student_dict)} types); first "
-                    f"differences (index, teacher, student): "
-                    f"{_first_differences(teacher_dict.symbols, student_dict.symbols)}. {_WHY_SHARED[side]}: prepare "
-                    f"the student's data in the teacher's vocabulary (lskd-prepare text ... --teacher TEACHER)"
+                    f"{roles.model} {path} was trained with {side} dictionary {teacher_file} ({len(teacher_dict)} "
+                    f"types) but {roles.data} {side} dictionary is {student_file} ({len(student_dict)} types); first "
+                    f"differences (index, {roles.columns}): "
+                    f"{_first_differences(teacher_dict.symbols, student_dict.symbols)}. {roles.why[side]}: {roles.fix}"
                 )
             continue
         size = _vocabulary_size(state["model"], side)
         if size is not None and size != len(student_dict):
             raise TeacherError(
-                f"teacher {path} has {size} {side} types but the student's {side} dictionary {student_file} has "
-                f"{len(student_dict)}: they were not trained on the same dictionary ({_WHY_SHARED[side]})"
+                f"{roles.model} {path} has {size} {side} types but {roles.data} {side} dictionary {student_file} has "
+                f"{len(student_dict)}: they were not trained on the same dictionary ({roles.why[side]})"
             )
-        logger.warning(f"teacher {path}: no {side} dictionary found beside it or in its data directory; "
+        logger.warning(f"{roles.model} {path}: no {side} dictionary found beside it or in its data directory; "
                        f"checked only the {side} vocabulary size ({len(student_dict)})")
 
 
-def load_teachers(teacher_path: str, task) -> tuple[list[torch.nn.Module], list[TeacherInfo]]:
+def load_teachers(teacher_path: str, task, roles: Roles = KD_ROLES) -> tuple[list[torch.nn.Module], list[TeacherInfo]]:
     """Build each teacher in eval mode, on CPU; log its label smoothing.
 
     A teacher is frozen by use, not by flag: it runs only under ``torch.no_grad``
@@ -169,8 +190,8 @@ def load_teachers(teacher_path: str, task) -> tuple[list[torch.nn.Module], list[
 
     models, infos = [], []
     for path in split_teacher_paths(teacher_path):
-        state = _read_state(path)
-        check_dictionaries(path, state, task)
+        state = _read_state(path, roles)
+        check_dictionaries(path, state, task, roles)
         criterion_cfg = state["cfg"].get("criterion") or {}
         history = state.get("optimizer_history") or [{}]
         info = TeacherInfo(

@@ -218,6 +218,24 @@ def test_bleu_of_a_chinese_target_is_tokenized_for_chinese(bible_en_zh, en_zh_ch
     assert record["scores"]["bleu"]["score"] == expected
 
 
+@pytest.mark.slow
+def test_a_checkpoint_of_another_vocabulary_is_refused_as_a_checkpoint_not_a_teacher(trained_checkpoint, tmp_path,
+                                                                                      capsys):
+    """Before: lskd-eval spoke of a teacher and a student's data, and advised preparing the student's data."""
+    from tests.conftest import run_module
+
+    other = tmp_path / "other-vocabulary"
+    run_module("data_prep.cli", "bible", "--out", str(other), "--limit-train", "300", "--vocab-size", "500",
+               "--limit-test", "20")
+    for command in ("stability", "bleu"):
+        assert eval_main([command, "--checkpoint", str(trained_checkpoint), "--data", str(other), "--out",
+                          str(tmp_path / command)]) == 2
+        error = capsys.readouterr().err.strip()
+        assert error.startswith(f"lskd-eval: error: checkpoint {trained_checkpoint} was trained with target dictionary "), error
+        assert f"but the data's target dictionary is {other / 'bin' / 'dict.en.txt'} (504 types)" in error, error
+        assert "teacher" not in error.replace("--teacher CHECKPOINT", ""), error
+
+
 def fairseq_like_checkpoint(path, criterion: dict, data: str, save_dir: str):
     """The parts of a fairseq checkpoint that describe_system reads; paths stored as fairseq-train was given them."""
     import torch
