@@ -413,6 +413,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def unused_filter_flags(args: argparse.Namespace) -> list[str]:
+    """The flags given away from their defaults that act only with ``--filter`` (``--max-trigram-repeats``
+    is not among them: it also defines the loop rate measured without filtering)."""
+    if args.filter:
+        return []
+    defaults = FilterOptions()
+    given = {"--min-length-ratio": args.min_length_ratio != defaults.min_length_ratio,
+             "--max-length-ratio": args.max_length_ratio != defaults.max_length_ratio,
+             "--score-quantile": args.score_quantile != defaults.score_quantile,
+             f"--filtered {args.filtered}": args.filtered != "drop"}
+    return [flag for flag, differs in given.items() if differs]
+
+
 @console_script("lskd-distill-corpus")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
@@ -423,6 +436,13 @@ def main(argv: list[str] | None = None) -> int:
         raise CorpusError(f"--nbest {args.nbest} must be between 1 and --beam {args.beam}")
     if args.seq_inter and args.nbest < 2:
         raise CorpusError("--seq-inter chooses among the n-best: give --nbest 2 or more")
+    if args.nbest > 1 and not args.seq_inter:
+        raise CorpusError(f"--nbest {args.nbest} without --seq-inter: only the best hypothesis would be kept; "
+                          f"add --seq-inter to choose among the n-best, or leave out --nbest")
+    unused = unused_filter_flags(args)
+    if unused:
+        raise CorpusError(f"{', '.join(unused)} set how --filter leaves outputs out, but --filter is not given "
+                          f"(without it every output is kept and only measured)")
     if args.source_text_only and not args.source_text:
         raise CorpusError("--source-text-only needs at least one --source-text FILE")
     settings = engine_settings(args)

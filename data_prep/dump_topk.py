@@ -18,11 +18,12 @@ from pathlib import Path
 
 import torch
 
+from lskd.decoding import check_cuda
 from lskd.errors import console_script, count_at_least, name_ids, output_directory
 from lskd.losses import topk_scores
-from lskd.provenance import provenance
+from lskd.provenance import RecordError, provenance, read_json
 from lskd.too_long import TOO_LONG_POLICIES
-from lskd.topk_cache import TopKCacheError, TopKCacheWriter, splits_of_another_teacher
+from lskd.topk_cache import MANIFEST, TopKCacheError, TopKCacheWriter, splits_of_another_teacher
 
 
 def dump_split(task, teachers, infos, split: str, k: int, out: Path, max_tokens: int, device: torch.device,
@@ -81,9 +82,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the splits of another teacher or k found in --out (default: refuse)")
     args = parser.parse_args(argv)
+    if args.gpu:
+        check_cuda("fairseq")  # the teacher runs in torch
 
     if not args.data.is_dir():  # fairseq's FileNotFoundError traceback otherwise
         raise TopKCacheError(f"{args.data}: no such directory (give fairseq-binarized data, e.g. PREP_DIR/bin)")
+    check_binarized_dictionaries(args.data, args.source_lang, args.target_lang)
     from fairseq_plugins.tasks import translation_task
     from fairseq_plugins.teacher import load_teachers
 
@@ -115,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def replace_other_teachers_splits(out: Path, teacher_sha256: list[str], k: int, overwrite: bool) -> None:
     """Refuse (or, with ``overwrite``, delete) splits in ``out`` made by another teacher or at another k,
-    so that a cache never mixes teachers."""
+    or whose manifest is damaged, so that a cache never mixes teachers."""
+    replace_damaged_splits(out, overwrite)
     others = splits_of_another_teacher(out, teacher_sha256, k)
     if others and not overwrite:
         raise TopKCacheError(f"{out} holds top-k caches of another teacher or k ({', '.join(p.name for p in others)}): "
@@ -123,6 +128,35 @@ def replace_other_teachers_splits(out: Path, teacher_sha256: list[str], k: int, 
     for split_dir in others:
         print(f"[lskd-dump-topk] removing {split_dir} (another teacher or k)", flush=True)
         shutil.rmtree(split_dir)
+
+
+def replace_damaged_splits(out: Path, overwrite: bool) -> None:
+    """Refuse (or, with ``overwrite``, delete) splits in ``out`` whose manifest cannot be read: whose
+    cache they are is unknown, and without this --overwrite could not replace them."""
+    for manifest in sorted(out.glob(f"*/{MANIFEST}")):
+        try:
+            read_json(manifest, required=("k", "teacher_sha256"))
+        except RecordError as error:
+            if not overwrite:
+                reason = str(error).removesuffix("; rerun the command that wrote it")
+                raise TopKCacheError(f"{reason}; the split's manifest is damaged: pass --overwrite to replace "
+                                     f"{manifest.parent}, or choose another --out") from error
+            print(f"[lskd-dump-topk] removing {manifest.parent} (its {MANIFEST} is damaged)", flush=True)
+            shutil.rmtree(manifest.parent)
+
+
+def check_binarized_dictionaries(data: Path, source_lang: str | None, target_lang: str | None) -> None:
+    """``data`` must hold fairseq's ``dict.LANG.txt`` for the languages asked for: fairseq otherwise
+    fails with a traceback ("Could not infer language pair", a FileNotFoundError) naming no fix."""
+    languages = sorted(path.name[len("dict."):-len(".txt")] for path in data.glob("dict.*.txt"))
+    if not languages:
+        hint = f"give its binarized data, {data / 'bin'}" if (data / "bin").is_dir() else \
+            "give fairseq-binarized data (dict.LANG.txt, SPLIT.SRC-TGT.*), e.g. PREP_DIR/bin"
+        raise TopKCacheError(f"{data} holds no fairseq dictionaries; {hint}")
+    for flag, lang in (("--source-lang", source_lang), ("--target-lang", target_lang)):
+        if lang is not None and lang not in languages:
+            raise TopKCacheError(f"{flag} {lang}: {data / f'dict.{lang}.txt'} does not exist; {data} has "
+                                 f"dictionaries for {', '.join(languages)}")
 
 
 def print_skipped(split: str, manifest: dict) -> None:

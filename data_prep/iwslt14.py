@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 import tarfile
+import zlib
 from pathlib import Path
 
 from lskd.corpus import CorpusError, iter_lines, write_lines
@@ -29,6 +30,13 @@ VALID_EVERY = 23
 #: clean-corpus-n.perl as fairseq's script runs it (``-ratio 1.5 ... 1 175``), with its default
 #: longest word of 1000 characters; lengths count Moses tokens.
 MIN_TOKENS, MAX_TOKENS, MAX_RATIO, MAX_WORD_CHARS = 1, 175, 1.5, 1000
+
+
+def _unreadable(path: Path, error: Exception) -> CorpusError:
+    """A file that is no (whole) tar archive, e.g. an HTML page saved by a failed download or a
+    cut-short download, named as such: tarfile's and gzip's tracebacks do not say which file."""
+    reason = str(error).splitlines()[0].rstrip(":") or type(error).__name__
+    return CorpusError(f"{path}: not a readable .tgz archive ({reason}); download the official de-en.tgz again")
 
 
 def _members(archive: tarfile.TarFile) -> dict[str, tarfile.TarInfo]:
@@ -73,25 +81,34 @@ def clean_corpus_keeps(source: str, target: str) -> bool:
     return max(map(len, s + t)) <= MAX_WORD_CHARS
 
 
+def _read_archive(path: Path) -> tuple[dict[str, list[str]], dict[str, list[str]], list[str]]:
+    """The training transcripts, the test segments (per language) and the test sets present in the archive."""
+    try:
+        with tarfile.open(path, "r:*") as archive:
+            members = _members(archive)
+            transcript = {lang: _transcript(_read(archive, members, f"train.tags.de-en.{lang}")) for lang in ("de", "en")}
+            if len(transcript["de"]) != len(transcript["en"]):
+                raise CorpusError(
+                    f"train.tags.de-en.de has {len(transcript['de'])} text lines but train.tags.de-en.en has "
+                    f"{len(transcript['en'])} after removing metadata lines"
+                )
+            present = [name for name in TEST_SETS if f"IWSLT14.{name}.de-en.de.xml" in members]
+            test = {lang: [] for lang in ("de", "en")}
+            for name in present:
+                for lang in ("de", "en"):
+                    test[lang] += _segments(_read(archive, members, f"IWSLT14.{name}.de-en.{lang}.xml"))
+                if len(test["de"]) != len(test["en"]):
+                    raise CorpusError(f"IWSLT14.{name}: the de and en files hold different numbers of segments")
+    except (tarfile.TarError, EOFError, zlib.error) as error:
+        raise _unreadable(path, error) from error
+    return transcript, test, present
+
+
 def extract_iwslt14(archive_path: Path, out_dir: Path, src: str, tgt: str) -> tuple[dict[str, tuple[Path, Path]], dict]:
     """Write ``{split}.{lang}`` files under ``out_dir``; return their paths and a summary."""
     if not Path(archive_path).is_file():
         raise CorpusError(f"archive not found: {archive_path} (download the official de-en.tgz yourself)")
-    with tarfile.open(archive_path, "r:*") as archive:
-        members = _members(archive)
-        transcript = {lang: _transcript(_read(archive, members, f"train.tags.de-en.{lang}")) for lang in ("de", "en")}
-        if len(transcript["de"]) != len(transcript["en"]):
-            raise CorpusError(
-                f"train.tags.de-en.de has {len(transcript['de'])} text lines but train.tags.de-en.en has "
-                f"{len(transcript['en'])} after removing metadata lines"
-            )
-        present = [name for name in TEST_SETS if f"IWSLT14.{name}.de-en.de.xml" in members]
-        test = {lang: [] for lang in ("de", "en")}
-        for name in present:
-            for lang in ("de", "en"):
-                test[lang] += _segments(_read(archive, members, f"IWSLT14.{name}.de-en.{lang}.xml"))
-            if len(test["de"]) != len(test["en"]):
-                raise CorpusError(f"IWSLT14.{name}: the de and en files hold different numbers of segments")
+    transcript, test, present = _read_archive(Path(archive_path))
     pairs = list(zip(transcript["de"], transcript["en"]))
     print(f"[lskd-prepare] Moses-tokenising {len(pairs)} training pairs for the length filter", flush=True)
     tokenised = zip(moses_tokenise(transcript["de"], "de"), moses_tokenise(transcript["en"], "en"))

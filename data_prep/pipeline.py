@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from lskd.corpus import CorpusError, has_visible_text, read_lines, read_parallel, write_lines
 from lskd.errors import LSKDError
-from lskd.provenance import provenance, sha256_file, write_json
+from lskd.provenance import RecordError, provenance, read_json, sha256_file, write_json
 
 if TYPE_CHECKING:  # the adapter imports fairseq: only when a teacher's vocabulary is used
     from fairseq_plugins.teacher_vocabulary import TeacherVocabulary
@@ -48,6 +48,13 @@ class PrepOptions:
     vocab_size: int | None = 8000
     spm_model_type: str | None = "unigram"
     normalize_punctuation: bool = True
+
+    def __post_init__(self) -> None:
+        """Refuse one language on both sides: each side's files are named ``SPLIT.LANG``, so the
+        target's would overwrite the source's and the pairs would silently be target-target."""
+        if self.src == self.tgt:
+            raise CorpusError(f"source and target language are both {self.src!r}: they must differ "
+                              f"(each side's files are named SPLIT.{self.src}, one would overwrite the other)")
 
 
 def prepare_parallel(
@@ -85,7 +92,7 @@ def prepare_parallel(
     fingerprint = _fingerprint(input_files, options, vocabulary_record)
 
     if _claim_out_dir(out, fingerprint, overwrite) == "done":
-        record = json.loads((out / "prep.json").read_text(encoding="utf-8"))
+        record = read_json(out / "prep.json")
         print(f"[lskd-prepare] {out} is already prepared from these inputs; nothing to do.")
         return record
 
@@ -221,11 +228,10 @@ def _claim_out_dir(out: Path, fingerprint: str, overwrite: bool) -> str:
     """
     done = out / "prep.json"
     pending = out / "prep.pending.json"
-    if done.exists() and json.loads(done.read_text(encoding="utf-8")).get("fingerprint") == fingerprint:
-        if not overwrite:
-            return "done"
+    if _recorded_fingerprint(done, overwrite) == fingerprint and not overwrite:
+        return "done"
     ours = pending.exists() and not done.exists()
-    if ours and json.loads(pending.read_text(encoding="utf-8")).get("fingerprint") != fingerprint:
+    if ours and _recorded_fingerprint(pending, True) != fingerprint:
         print(f"[lskd-prepare] {out} holds an unfinished preparation: starting it again", flush=True)
     present = [name for name in OUTPUTS if (out / name).exists()]
     if present and not ours and not overwrite:
@@ -239,6 +245,22 @@ def _claim_out_dir(out: Path, fingerprint: str, overwrite: bool) -> str:
     out.mkdir(parents=True, exist_ok=True)
     write_json(pending, {"fingerprint": fingerprint})
     return "fresh"
+
+
+def _recorded_fingerprint(record: Path, replaceable: bool) -> str | None:
+    """The fingerprint in ``record`` (None if it is absent). A damaged record (cut short, not an
+    object) is refused naming it, as the data beside it cannot be trusted, unless ``replaceable``:
+    then it is no one's and counts as absent."""
+    if not record.exists():
+        return None
+    try:
+        return read_json(record).get("fingerprint")
+    except RecordError as error:
+        if replaceable:
+            return None
+        reason = str(error).removesuffix("; rerun the command that wrote it")
+        raise RecordError(f"{reason}; the record is damaged: pass --overwrite to replace it and the data "
+                          f"prepared in {record.parent}, or choose another directory") from error
 
 
 def normalise(lines: list[str], lang: str, enabled: bool) -> list[str]:

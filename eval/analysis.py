@@ -103,7 +103,9 @@ def penultimate_points(checkpoint: Path, data_dir: Path, split: str, tokens: Seq
     from fairseq_plugins.tasks import split_batches, task_and_model
     from fairseq_plugins.teacher import decoder_features, output_embeddings
 
-    task, model, info = task_and_model(checkpoint, load_prepared(data_dir))
+    data = load_prepared(data_dir)
+    data.sentences(split)  # a split it lacks is named now, not as fairseq's "Dataset not found" traceback
+    task, model, info = task_and_model(checkpoint, data)
     lengths = checked_lengths(task, model, split, too_long, "the picture")
     dictionary = task.target_dictionary
     ids = [dictionary.index(t) for t in tokens]

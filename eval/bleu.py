@@ -182,6 +182,7 @@ def evaluate(checkpoint: Path, data_dir: Path, split: str, out_dir: Path, option
     from fairseq_plugins.tasks import check_lengths, task_and_model
 
     data = load_prepared(data_dir)
+    data.sentences(split)  # a split it lacks is named now, before an export or fairseq's "Dataset not found"
     corpus_metrics(data.tgt, tokenize)  # a tokenizer that cannot run fails now, not after decoding
     if ":" in str(checkpoint):
         if settings.engine == "ctranslate2":

@@ -118,8 +118,26 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def engine_settings(args: argparse.Namespace) -> EngineSettings:
+    if args.gpu:
+        check_cuda(args.engine)
     return EngineSettings(engine=args.engine, device="cuda" if args.gpu else "cpu", threads=args.threads,
                           quantization=args.quantization, ctranslate2_model=args.ctranslate2_model)
+
+
+def check_cuda(engine: str) -> None:
+    """``--gpu`` where ``engine`` (``fairseq``: torch; ``ctranslate2``: its own CUDA build) sees no CUDA
+    device is an :class:`EngineError` before any work, instead of torch's "not compiled with CUDA"
+    assertion or CTranslate2's "CUDA failed" traceback after the model was read or exported."""
+    if engine == "ctranslate2":
+        import ctranslate2
+
+        devices = ctranslate2.get_cuda_device_count()
+    else:
+        import torch
+
+        devices = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if devices == 0:
+        raise EngineError(f"--gpu: {engine} sees no CUDA device on this machine (leave out --gpu to run on the CPU)")
 
 
 def set_decoder_threads(settings: EngineSettings) -> None:

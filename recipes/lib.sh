@@ -8,6 +8,13 @@ LSKD_DEVICE=${LSKD_DEVICE:-cpu}
 # Device flags as arrays: fairseq-train's --cpu and lskd-eval's / lskd-distill-corpus's --gpu.
 CPU_FLAG=(); [ "$LSKD_DEVICE" = gpu ] || CPU_FLAG=(--cpu)
 GPU_FLAG=(); [ "$LSKD_DEVICE" != gpu ] || GPU_FLAG=(--gpu)
+# LSKD_DEVICE=gpu where torch sees no CUDA device stops here: fairseq-train would train on the CPU
+# without a word, and the first --gpu command would stop hours later.
+if [ "$LSKD_DEVICE" = gpu ] && [ "$LSKD_DRY_RUN" != 1 ] \
+    && ! python -c 'import sys, torch; sys.exit(not torch.cuda.is_available())' 2>/dev/null; then
+  echo "$(basename "$0"): error: LSKD_DEVICE=gpu, but torch sees no CUDA device here (LSKD_DEVICE=cpu runs on the CPU)" >&2
+  exit 2
+fi
 
 # glibc returns freed blocks of >= 32 MiB to the OS at once, so every step pays page faults on fresh
 # (tokens x V) tensors; keeping them made a training step ~10 % faster for every criterion on the 2-core CPU

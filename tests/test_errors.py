@@ -200,3 +200,50 @@ def test_empty_files_and_a_missing_data_directory_are_one_line(tmp_path, capsys)
     assert dump_main([str(tmp_path / "nodir"), "--teacher-path", "t.pt", "--out", str(tmp_path / "out")]) == 2
     assert capsys.readouterr().err.strip() == (f"lskd-dump-topk: error: {tmp_path / 'nodir'}: no such directory (give "
                                                f"fairseq-binarized data, e.g. PREP_DIR/bin)")
+
+
+@pytest.mark.parametrize("command", ["lskd-eval bleu", "lskd-eval stability", "lskd-eval project"])
+def test_a_split_the_data_lacks_is_named_before_any_model_is_read(tmp_path, capsys, command):
+    """Before: lskd-eval bleu and project ended in fairseq's "Dataset not found" traceback (bleu after an export)."""
+    data = fake_prepared(tmp_path / "data")
+    main, argv = commands_given(str(tmp_path / "missing.pt"), str(data), str(tmp_path / "out"))[command]
+    assert main(argv + ["--split", "tset"]) == 2
+    assert capsys.readouterr().err.strip() == f"{command.split()[0]}: error: {data} has no split 'tset' (it has train, test)"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is here")
+@pytest.mark.parametrize("command,engine", [("lskd-eval bleu", "fairseq"), ("lskd-eval bleu", "ctranslate2"),
+                                            ("lskd-distill-corpus", "fairseq"), ("lskd-eval speed", "ctranslate2"),
+                                            ("lskd-dump-topk", "fairseq")])
+def test_gpu_without_a_cuda_device_is_one_line_before_any_work(tmp_path, capsys, command, engine):
+    """Before: torch's "Torch not compiled with CUDA enabled" assertion or CTranslate2's "CUDA failed",
+    as tracebacks after the model was read (or exported)."""
+    data = fake_prepared(tmp_path / "data")
+    if command == "lskd-eval speed":
+        main, argv = eval_main, ["speed", "--checkpoint", str(tmp_path / "c.pt"), "--data", str(data), "--out",
+                                 str(tmp_path / "out"), "--engines", "ct2-int8", "--gpu"]
+    else:
+        main, argv = commands_given(str(tmp_path / "c.pt"), str(data), str(tmp_path / "out"))[command]
+        argv = argv + ["--gpu"] + ["--engine", engine] * (command != "lskd-dump-topk")
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip() == (f"{command.split()[0]}: error: --gpu: {engine} sees no CUDA device on "
+                                               f"this machine (leave out --gpu to run on the CPU)")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--nbest", "3"], "--nbest 3 without --seq-inter: only the best hypothesis would be kept; add --seq-inter to "
+                       "choose among the n-best, or leave out --nbest"),
+    (["--filtered", "copy-reference", "--score-quantile", "0.1"],
+     "--score-quantile, --filtered copy-reference set how --filter leaves outputs out, but --filter is not given "
+     "(without it every output is kept and only measured)"),
+])
+def test_distillation_flags_that_would_do_nothing_are_refused(tmp_path, capsys, flags, message):
+    """Before: `--nbest 2` alone and `--filtered copy-reference` without --filter were silently ignored."""
+    main, argv = commands_given(str(tmp_path / "t.pt"), str(fake_prepared(tmp_path / "data")),
+                                str(tmp_path / "out"))["lskd-distill-corpus"]
+    assert main(argv + flags) == 2
+    assert capsys.readouterr().err.strip() == f"lskd-distill-corpus: error: {message}"
+    with_their_use = ["--seq-inter"] if flags[0] == "--nbest" else ["--filter"]
+    assert main(argv + flags + with_their_use) == 2
+    assert "teacher checkpoint not found" in capsys.readouterr().err  # accepted: the next check stops it

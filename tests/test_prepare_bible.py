@@ -72,3 +72,18 @@ def test_limits_keep_the_first_train_and_test_pairs_and_are_recorded(tmp_path, m
     record = summary["bible"]
     assert (record["limit_train"], record["limit_test"]) == (2, 1)
     assert record["extracted_pairs"] == {"train": 2, "valid": 2, "test": 1}
+
+
+def test_one_language_on_both_sides_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
+    from data_prep import bible
+    from data_prep.cli import main as prepare_main
+
+    def no_download():
+        raise AssertionError("the Bible was fetched before the languages were checked")
+
+    monkeypatch.setattr(bible, "fetch_bible_db", no_download)
+    code = prepare_main(["bible", "--src", "de", "--tgt", "de", "--src-bible", "s", "--out", str(tmp_path / "d")])
+    assert code == 2
+    assert capsys.readouterr().err == ("lskd-prepare: error: source and target language are both 'de': they must "
+                                       "differ (each side's files are named SPLIT.de, one would overwrite the other)\n")
+    assert not (tmp_path / "d").exists()

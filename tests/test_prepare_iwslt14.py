@@ -150,3 +150,16 @@ def test_line_separator_inside_a_line_keeps_pairs_and_segments(tmp_path):
     pairs = train[:22] + valid + train[22:]
     assert pairs == list(zip(text["de"], text["en"]))
     assert read_lines(paths["test"][0]) == ["de one", "de\u2028two", "de three"]
+
+
+def test_a_file_that_is_not_a_tgz_is_named(tmp_path, capsys):
+    page = tmp_path / "de-en.tgz"
+    page.write_text("<html><body>404 Not Found</body></html>\n", encoding="utf-8")  # a failed download
+    cut = build_archive(tmp_path / "cut.tgz")
+    cut.write_bytes(cut.read_bytes()[:len(cut.read_bytes()) // 2])  # a download cut short
+    for archive in (page, cut):
+        code = prepare_main(["iwslt14", "--archive", str(archive), "--out", str(tmp_path / "out")])
+        assert code == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"lskd-prepare: error: {archive}: not a readable .tgz archive (") and err.count("\n") == 1
+        assert err.endswith("); download the official de-en.tgz again\n")

@@ -335,3 +335,41 @@ def test_a_too_small_vocabulary_is_one_line_and_a_corrected_rerun_is_accepted(tm
     assert needed and int(needed[1]) == len(characters) + 3
     assert prepare_cli(tmp_path, prefixes, "--vocab-size", needed[1]) == 0
     assert json.loads((tmp_path / "out" / "prep.json").read_text())["outputs"]["binarized_sentences"]["train"] == 20
+
+
+@pytest.mark.parametrize("damage", ['{"fingerprint": "ab', "[1, 2]"], ids=["truncated", "a-list"])
+def test_a_damaged_prep_json_is_refused_naming_it(tmp_path, capsys, damage):
+    prefixes = make_corpus(tmp_path / "c", sizes=(20, 5, 5), special_train_pairs=False)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "prep.json").write_text(damage, encoding="utf-8")
+    code = prepare_main(["text", "--src", "de", "--tgt", "en", "--out", str(out),
+                         *[f"--{s}={p}" for s, p in prefixes.items()]])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"lskd-prepare: error: {out / 'prep.json'}: ") and err.count("\n") == 1
+    assert err.endswith(f"; the record is damaged: pass --overwrite to replace it and the data prepared in {out}, "
+                        f"or choose another directory\n")
+    assert (out / "prep.json").read_text(encoding="utf-8") == damage  # refused: nothing touched
+
+
+@pytest.mark.slow  # one fairseq-preprocess run
+def test_overwrite_replaces_a_damaged_prep_json(tmp_path):
+    prefixes = make_corpus(tmp_path / "c", sizes=(20, 5, 5), special_train_pairs=False)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "prep.json").write_text('{"fingerprint": "ab', encoding="utf-8")
+    assert prepare_main(["text", "--src", "de", "--tgt", "en", "--out", str(out), "--vocab-size", "50",
+                         "--workers", "1", "--overwrite", *[f"--{s}={p}" for s, p in prefixes.items()]]) == 0
+    assert json.loads((out / "prep.json").read_text())["outputs"]["binarized_sentences"] == {"train": 20, "valid": 5,
+                                                                                            "test": 5}
+
+
+def test_one_language_on_both_sides_is_refused(tmp_path, capsys):
+    prefixes = make_corpus(tmp_path / "c", sizes=(20, 5, 5), special_train_pairs=False)
+    code = prepare_main(["text", "--src", "de", "--tgt", "de", "--out", str(tmp_path / "out"),
+                         *[f"--{s}={p}" for s, p in prefixes.items()]])
+    assert code == 2
+    assert capsys.readouterr().err == ("lskd-prepare: error: source and target language are both 'de': they must "
+                                       "differ (each side's files are named SPLIT.de, one would overwrite the other)\n")
+    assert not (tmp_path / "out").exists()

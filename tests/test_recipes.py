@@ -305,14 +305,33 @@ esac
 """
 
 
-@pytest.mark.slow  # seconds of subprocesses: keeps -m 'not slow' under a minute
-def test_iwslt14_recipe_runs_its_shards_side_by_side_and_reruns_only_what_changed(tmp_path):
-    """The whole recipe, not a dry run, with stand-ins for every command in a fake environment."""
+def fake_environment(tmp_path: Path) -> Path:
+    """A virtual environment recipes/env.sh takes as installed (with [plots]), whose python is this one."""
     venv = tmp_path / "venv"
     (venv / "bin").mkdir(parents=True)
     (venv / "bin" / "python").symlink_to(sys.executable)
     digest = hashlib.sha256((REPO / "setup.py").read_bytes()).hexdigest()[:16]
-    (venv / ".lskd-installed").write_text(f"{digest} plots\n")  # recipes/env.sh: installed, with [plots]
+    (venv / ".lskd-installed").write_text(f"{digest} plots\n")
+    return venv
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a CUDA device is here")
+def test_a_gpu_recipe_without_a_cuda_device_stops_before_its_first_stage(tmp_path):
+    """Before: fairseq-train fell back to the CPU without a word; the first --gpu command failed hours later."""
+    result = subprocess.run(["bash", str(REPO / "recipes" / "iwslt14_de_en.sh"), str(tmp_path / "de-en.tgz")],
+                            capture_output=True, text=True, cwd=tmp_path,
+                            env={"PATH": "/usr/bin:/bin", "LSKD_VENV": str(fake_environment(tmp_path)),
+                                 "LSKD_RUN_DIR": str(tmp_path / "run"), "LSKD_DATA_DIR": str(tmp_path / "data")})
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == ("iwslt14_de_en.sh: error: LSKD_DEVICE=gpu, but torch sees no CUDA device here "
+                             "(LSKD_DEVICE=cpu runs on the CPU)\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["venv"]
+
+
+@pytest.mark.slow  # seconds of subprocesses: keeps -m 'not slow' under a minute
+def test_iwslt14_recipe_runs_its_shards_side_by_side_and_reruns_only_what_changed(tmp_path):
+    """The whole recipe, not a dry run, with stand-ins for every command in a fake environment."""
+    venv = fake_environment(tmp_path)
     (venv / "bin" / "stub").write_text(STUB)
     (venv / "bin" / "stub").chmod(0o755)
     for name in ("lskd-prepare", "fairseq-train", "lskd-eval", "lskd-distill-corpus", "lskd-report"):

@@ -123,3 +123,40 @@ def test_a_truncated_array_is_named(tmp_path):
     probs.write_bytes(probs.read_bytes()[:-8])  # a copy cut short
     with pytest.raises(TopKCacheError, match=f"{probs}: unreadable"):  # numpy's message named no file
         TopKCache(tmp_path)
+
+
+def test_a_damaged_split_is_named_and_replaced_with_overwrite(tmp_path, capsys):
+    from data_prep.dump_topk import replace_other_teachers_splits
+
+    write_cache(tmp_path / "train")
+    write_cache(tmp_path / "valid")
+    manifest = tmp_path / "valid" / MANIFEST
+    manifest.write_text(manifest.read_text()[:40])  # cut short
+    with pytest.raises(TopKCacheError) as refused:
+        replace_other_teachers_splits(tmp_path, ["t" * 64], K, overwrite=False)
+    assert str(refused.value).startswith(f"{manifest}: not a readable JSON record (")
+    assert str(refused.value).endswith(f"; the split's manifest is damaged: pass --overwrite to replace "
+                                       f"{tmp_path / 'valid'}, or choose another --out")
+    assert manifest.exists()
+    replace_other_teachers_splits(tmp_path, ["t" * 64], K, overwrite=True)
+    assert not (tmp_path / "valid").exists() and (tmp_path / "train" / MANIFEST).exists()  # the good split is kept
+    assert f"removing {tmp_path / 'valid'} (its {MANIFEST} is damaged)" in capsys.readouterr().out
+
+
+def test_a_prepared_folder_instead_of_its_bin_is_named(tmp_path, capsys):
+    from data_prep.dump_topk import main as dump_main
+
+    prep = tmp_path / "prep"
+    (prep / "bin").mkdir(parents=True)
+    for lang in ("de", "en"):
+        (prep / "bin" / f"dict.{lang}.txt").write_text("a 1\n")
+    common = ["--teacher-path", str(tmp_path / "teacher.pt"), "--out", str(tmp_path / "cache")]
+    assert dump_main([str(prep), *common]) == 2
+    assert capsys.readouterr().err == (f"lskd-dump-topk: error: {prep} holds no fairseq dictionaries; give its "
+                                       f"binarized data, {prep / 'bin'}\n")
+    assert dump_main([str(prep / "bin"), "--source-lang", "fr", *common]) == 2
+    assert capsys.readouterr().err == (f"lskd-dump-topk: error: --source-lang fr: {prep / 'bin' / 'dict.fr.txt'} does "
+                                       f"not exist; {prep / 'bin'} has dictionaries for de, en\n")
+    (prep / "bin").rename(tmp_path / "elsewhere")  # no bin/ to suggest
+    assert dump_main([str(prep), *common]) == 2
+    assert "give fairseq-binarized data (dict.LANG.txt" in capsys.readouterr().err
