@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import torch
 
 from lskd.corpus import CorpusError
+from lskd.errors import name_ids
 from lskd.metrics import CalibrationAccumulator, StabilityAccumulator
 from lskd.prepared import load_prepared
 from lskd.projection import project_onto_template_plane, save_projection_figure
@@ -107,6 +108,9 @@ def penultimate_points(checkpoint: Path, data_dir: Path, split: str, tokens: Seq
     data.sentences(split)  # a split it lacks is named now, not as fairseq's "Dataset not found" traceback
     task, model, info = task_and_model(checkpoint, data)
     lengths = checked_lengths(task, model, split, too_long, "the picture")
+    if lengths.too_long:  # the picture has no record to list them in
+        print(f"warning: {len(lengths.too_long)} of {lengths.sentences} sentences of {split} are too long for "
+              f"{checkpoint} and left out of its panel: ids {name_ids(lengths.too_long)}")
     dictionary = task.target_dictionary
     ids = [dictionary.index(t) for t in tokens]
     missing = [t for t, i in zip(tokens, ids) if i == dictionary.unk()]

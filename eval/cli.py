@@ -8,7 +8,7 @@ from pathlib import Path
 
 from eval.bleu import evaluate, format_table, paired_bootstrap, score_files
 from eval.speed import DEFAULT_ENGINES
-from lskd.corpus import read_lines
+from lskd.corpus import CorpusError, read_lines
 from lskd.decoding import (QUANTIZATIONS, DecodingOptions, add_engine_arguments, check_cuda, engine_settings,
                            set_decoder_threads)
 from lskd.errors import console_script, count_at_least, output_directory
@@ -26,11 +26,11 @@ def add_tokenize(parser: argparse.ArgumentParser, tgt_lang: bool) -> None:
                         help="BLEU tokenizer (default: sacrebleu's choice for the target language)")
 
 
-def add_too_long(parser: argparse.ArgumentParser, what: str) -> None:
+def add_too_long(parser: argparse.ArgumentParser, what: str, listed: str = "the record lists them") -> None:
     """Sentence pairs longer than the model accepts: stop naming them (default), or leave them out."""
     parser.add_argument("--too-long", choices=TOO_LONG_POLICIES, default="error",
                         help=f"sentence pairs longer than the model accepts: error (default: stop, naming their ids) "
-                             f"or skip (leave them out of {what}; the record lists them)")
+                             f"or skip (leave them out of {what}; {listed})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     project.add_argument("--tokens", nargs=3, default=["▁God", "▁Lord", "▁water"],
                          help="three target pieces: two related, one not (default: ▁God ▁Lord ▁water)")
     project.add_argument("--out", required=True, type=figure_path, help="picture file (.png, .pdf, .svg, ...)")
-    add_too_long(project, "the picture")
+    add_too_long(project, "the picture", "a warning names them")
 
     compare = commands.add_parser("compare", help="paired bootstrap significance of two systems (sacrebleu --paired-bs)")
     compare.add_argument("--baseline", required=True, type=Path, help="baseline hypotheses")
@@ -124,12 +124,17 @@ def _project(args: argparse.Namespace) -> None:
 
 
 def _compare(args: argparse.Namespace) -> None:
-    result = paired_bootstrap(read_lines(args.baseline), read_lines(args.system), read_lines(args.ref), args.samples,
-                              args.tgt_lang, args.tokenize)
+    files = [(path, read_lines(path)) for path in (args.baseline, args.system, args.ref)]
+    if len({len(lines) for _, lines in files}) > 1:
+        raise CorpusError("a paired test needs the same number of lines in every file: "
+                          + ", ".join(f"{path} has {len(lines)}" for path, lines in files))
+    result = paired_bootstrap(*(lines for _, lines in files), args.samples, args.tgt_lang, args.tokenize)
     for metric in ("BLEU", "chrF2"):
         r = result[metric]
+        # sacrebleu reports p = 1 / (samples + 1) for equal scores, which reads as a resolved difference
+        verdict = "the same score, no difference to test" if r["system"] == r["baseline"] else f"p = {r['p_value']:.4f}"
         print(f"{metric}: baseline {r['baseline']:.2f}, system {r['system']:.2f} "
-              f"({r['system_mean']:.2f} +- {r['system_ci95']:.2f}), p = {r['p_value']:.4f}  ({r['signature']})")
+              f"({r['system_mean']:.2f} +- {r['system_ci95']:.2f}), {verdict}  ({r['signature']})")
 
 
 def _table(args: argparse.Namespace) -> None:

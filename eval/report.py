@@ -413,6 +413,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--note", help="how the run was sized (model sizes, updates, beams), written into the report")
     parser.add_argument("--summary", action="store_true", help="also print the report's summary lines")
     args = parser.parse_args(argv)
+    if not args.run_dir.is_dir():  # else "no bleu-*.json records", which hides a typo
+        raise LSKDError(f"{args.run_dir}: no such directory")
     report = write_report(args.run_dir, args.out, args.note)
     if args.summary:
         print("\n".join(summary_lines(build_rows(args.run_dir))))

@@ -30,6 +30,10 @@ STUDENT_UPDATES=${LSKD_STUDENT_UPDATES:-500}
 RUN=${LSKD_RUN_DIR:-runs/bible_temperature_sweep}
 DATA=${LSKD_DATA_DIR:-data/bible-de-en-4k}
 TEACHERS=${LSKD_TEACHERS:-$RUN}
+# fairseq records --save-dir and the data directory as given, and LSKD finds a checkpoint's data again
+# relative to where fairseq-train ran, which only a relative --save-dir reveals: an absolute run
+# directory gets an absolute data directory (else the report warns and the KD teacher check weakens)
+if [[ $RUN == /* || $TEACHERS == /* ]]; then DATA=$(realpath -m "$DATA"); fi
 knobs number TEMPERATURES "${TEMPERATURES[@]}"; knobs integer SEEDS "${SEEDS[@]}"; knobs number LSKD_KD_ALPHA "$KD_ALPHA"
 knobs integer LSKD_TEACHER_UPDATES "$TEACHER_UPDATES"; knobs integer LSKD_STUDENT_UPDATES "$STUDENT_UPDATES"
 BEAM=5

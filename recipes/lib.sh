@@ -247,6 +247,21 @@ distill_corpus() {
 
 # penultimate_picture OUT.png DATA_DIR "TOKEN TOKEN TOKEN" CHECKPOINT... : Müller-style projection of
 # three target tokens (SentencePiece pieces, e.g. "▁God ▁Lord ▁water")
+# check_picture_tokens DATA "a b c": the picture's three pieces must be in DATA's target dictionary;
+# checked as soon as the data exists, not at the last stage (after the whole run) as lskd-eval project would.
+check_picture_tokens() {
+  local data=$1 tokens missing=() token tgt; read -r -a tokens <<< "$2"
+  tgt=$(python -c 'import json, sys; print(json.load(open(sys.argv[1]))["options"]["tgt"])' "$data/prep.json")
+  for token in "${tokens[@]}"; do
+    awk -v t="$token" '$1 == t {found = 1} END {exit !found}' "$data/bin/dict.$tgt.txt" || missing+=("$token")
+  done
+  if [ ${#tokens[@]} -ne 3 ] || [ ${#missing[@]} -gt 0 ]; then
+    echo "$(basename "$0"): error: LSKD_PICTURE_TOKENS='$2' must be three pieces of $data/bin/dict.$tgt.txt" \
+      "(SentencePiece pieces that begin a word start with ▁)${missing[*]:+; not there: ${missing[*]}}" >&2
+    exit 2
+  fi
+}
+
 penultimate_picture() {
   local out=$1 data=$2 tokens; read -r -a tokens <<< "$3"; shift 3
   once "${out%.png}.done" "${out%.png}.log" "$@" "$data/prep.json" -- lskd-eval project --checkpoints "$@" \

@@ -81,7 +81,12 @@ else
   stage "prepare the Bible De-En corpus (test = John, valid = Ruth + Philemon) in $DATA"
   once "$DATA/prepare.done" - -- lskd-prepare bible --out "$DATA" --vocab-size 4000 "${LIMITS[@]}"
 fi
+# fairseq records --save-dir and the data directory as given, and LSKD finds a checkpoint's data again
+# relative to where fairseq-train ran, which only a relative --save-dir reveals: an absolute run
+# directory gets an absolute data directory (else the report warns and the KD teacher check weakens)
+if [[ $RUN == /* ]]; then DATA=$(realpath -m "$DATA"); fi
 TOKENS=${LSKD_PICTURE_TOKENS:-▁God ▁Lord ▁water}
+[ "$LSKD_DRY_RUN" = 1 ] || check_picture_tokens "$DATA" "$TOKENS"
 PICTURE=${TOKENS//▁/}; PICTURE=$RUN/plots/penultimate_${PICTURE// /_}.png
 
 # Jobs: score a model (BLEU with fairseq, stability, speed and int8 BLEU); train a student and score

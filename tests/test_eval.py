@@ -424,6 +424,30 @@ def test_a_report_written_outside_the_run_shows_each_picture_once_with_paths_fro
                                                                 "../runs/q/plots/penultimate_a_b_c.png"]
 
 
+def test_compare_says_when_there_is_no_difference_to_test(tmp_path, capsys):
+    """Before: the same file as baseline and system printed p = 0.0010, which reads as significant."""
+    hyp, ref, other = write(tmp_path / "h.txt", HYPS), write(tmp_path / "r.txt", REFS), write(tmp_path / "o.txt", REFS)
+    assert eval_main(["compare", "--baseline", str(hyp), "--system", str(hyp), "--ref", str(ref), "--samples", "50"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and all("the same score, no difference to test" in line and "p =" not in line for line in lines)
+    assert eval_main(["compare", "--baseline", str(hyp), "--system", str(other), "--ref", str(ref), "--samples", "50"]) == 0
+    assert all(re.search(r", p = 0\.\d{4}  \(", line) for line in capsys.readouterr().out.splitlines())
+
+
+def test_compare_names_the_files_whose_line_counts_differ(tmp_path, capsys):
+    hyp, ref = write(tmp_path / "h.txt", HYPS), write(tmp_path / "r.txt", REFS[:3])
+    assert eval_main(["compare", "--baseline", str(hyp), "--system", str(hyp), "--ref", str(ref)]) == 2
+    assert capsys.readouterr().err.strip() == (f"lskd-eval: error: a paired test needs the same number of lines in "
+                                               f"every file: {hyp} has 4, {hyp} has 4, {ref} has 3")
+
+
+def test_lskd_report_names_a_missing_run_directory(tmp_path, capsys):
+    from eval.report import main as report_main
+
+    assert report_main([str(tmp_path / "runs" / "quickstrat")]) == 2
+    assert capsys.readouterr().err.strip() == f"lskd-report: error: {tmp_path / 'runs' / 'quickstrat'}: no such directory"
+
+
 def test_lskd_eval_table_names_a_missing_record(tmp_path, capsys):
     from eval.cli import main as eval_main
 

@@ -53,6 +53,17 @@ def test_a_knob_that_is_not_a_number_stops_the_recipe_naming_it(recipe, args, kn
     assert result.stderr == f"{recipe}: error: {knob} must hold {kind}, got '{bad}'\n"
 
 
+@pytest.mark.parametrize("recipe", ["quickstart.sh", "bible_temperature_sweep.sh"])
+def test_an_absolute_run_directory_trains_on_an_absolute_data_directory(recipe):
+    """fairseq records both paths as given; with an absolute --save-dir a relative data path could not be
+    found again (the report warned, and a word-KD student's teacher was checked by vocabulary size only)."""
+    trainings = [c for c in dry_run(recipe=recipe, LSKD_RUN_DIR="/abs/run") if c[0] == "fairseq-train"]
+    assert all(Path(c[1]).is_absolute() for c in trainings), trainings  # seq-KD students: /abs/run/distilled_*
+    assert str(REPO / "data" / "bible-de-en-4k" / "bin") in {c[1] for c in trainings}
+    relative = [c for c in dry_run(recipe=recipe) if c[0] == "fairseq-train"]
+    assert not any(Path(c[1]).is_absolute() for c in relative)  # a relative run directory keeps its paths
+
+
 def test_iwslt14_dry_run_lists_the_whole_grid():
     commands = dry_run("/data/de-en.tgz", SEEDS="1 2 3", TEMPERATURES="1 2 3 64")
     programs = Counter(c[0] for c in commands)
@@ -326,6 +337,24 @@ def test_a_gpu_recipe_without_a_cuda_device_stops_before_its_first_stage(tmp_pat
     assert result.stderr == ("iwslt14_de_en.sh: error: LSKD_DEVICE=gpu, but torch sees no CUDA device here "
                              "(LSKD_DEVICE=cpu runs on the CPU)\n")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["venv"]
+
+
+@pytest.mark.parametrize("tokens,missing", [("▁a house ▁b", "; not there: house"), ("▁a ▁b", "")])
+def test_picture_tokens_are_checked_as_soon_as_the_data_exists(tmp_path, tokens, missing):
+    """Before: a piece not in the dictionary stopped the quickstart at its last stage, after the whole run."""
+    data = tmp_path / "data"
+    (data / "bin").mkdir(parents=True)
+    (data / "prep.json").write_text(json.dumps({"options": {"src": "de", "tgt": "en"}, "outputs": {"bin_dir": "bin"}}))
+    (data / "bin" / "dict.en.txt").write_text("▁a 5\n▁b 3\n▁c 2\n", encoding="utf-8")
+    result = subprocess.run(["bash", str(REPO / "recipes" / "quickstart.sh")], capture_output=True, text=True,
+                            cwd=tmp_path, env={"PATH": "/usr/bin:/bin", "LSKD_VENV": str(fake_environment(tmp_path)),
+                                               "LSKD_PREPARED": str(data), "LSKD_RUN_DIR": str(tmp_path / "run"),
+                                               "LSKD_PICTURE_TOKENS": tokens})
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.endswith(f"quickstart.sh: error: LSKD_PICTURE_TOKENS='{tokens}' must be three pieces of "
+                                  f"{data}/bin/dict.en.txt (SentencePiece pieces that begin a word start with ▁)"
+                                  f"{missing}\n"), result.stderr
+    assert not (tmp_path / "run").exists()  # no teacher trained
 
 
 @pytest.mark.slow  # seconds of subprocesses: keeps -m 'not slow' under a minute

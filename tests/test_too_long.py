@@ -231,3 +231,11 @@ def test_bleu_and_stability_name_the_too_long_sentences_or_leave_them_out_on_req
     target = sizes(bible_slice, "valid")[1]
     assert record["positions"] == int(target[kept].sum()) and record["sentences"] == len(kept)
     assert record["too_long"]["skipped_ids"] == expected and record["warnings"]
+
+    words = [line.split()[0] for line in read_lines(bible_slice / "bin" / "dict.en.txt") if line.startswith("▁")][:3]
+    picture = ["project", "--checkpoints", str(short_teacher), "--data", str(bible_slice), "--split", "valid",
+               "--tokens", *words, "--out", str(tmp_path / "p.png")]
+    capsys.readouterr()
+    assert eval_main([*picture, "--too-long", "skip"]) == 0  # no record: a warning names what the picture leaves out
+    assert (f"warning: {len(expected)} of 110 sentences of valid are too long for {short_teacher} and left out of "
+            f"its panel: ids {name_ids(expected)}") in capsys.readouterr().out

@@ -111,6 +111,24 @@ def test_image_folder_reads_resizes_and_numbers_classes_like_the_training_split(
         build_data(config.data)
 
 
+def test_an_unreadable_image_and_an_empty_class_folder_are_named(tmp_path):
+    """Before: Pillow's UnidentifiedImageError traceback; an empty folder silently became a class with no images."""
+    from PIL import Image
+
+    for name in ("cat", "dog"):
+        (tmp_path / "train" / name).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / "train" / name / "0.png")
+    (tmp_path / "train" / "cat" / "1.jpg").write_text("<html>not an image</html>")
+    config = load_config(None, ["data.name=image_folder", f"data.data_dir={tmp_path}", "data.test_split=train"])
+    dataset = build_data(config.data).train.dataset
+    bad = dataset.files.index(tmp_path / "train" / "cat" / "1.jpg")
+    with pytest.raises(ValueError, match=rf"{tmp_path}/train/cat/1.jpg: not a readable image \(.*\); remove or replace it"):
+        dataset[bad]
+    (tmp_path / "train" / "bird").mkdir()
+    with pytest.raises(DataNotFoundError, match=rf"{tmp_path}/train/bird: a class folder without images"):
+        build_data(config.data)
+
+
 def test_missing_image_folder_split_is_named(tmp_path):
     config = load_config(None, ["data.name=image_folder", f"data.data_dir={tmp_path}"])
     with pytest.raises(DataNotFoundError, match="image folder split not found"):

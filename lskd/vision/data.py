@@ -113,11 +113,14 @@ class ImageFolder(Dataset):
         return len(self.files)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        from PIL import Image
+        from PIL import Image, UnidentifiedImageError
 
-        with Image.open(self.files[index]) as image:
-            image = image.convert("RGB").resize((self.size, self.size), Image.Resampling.BILINEAR)
-            pixels = torch.from_numpy(np.array(image, dtype=np.uint8))
+        try:
+            with Image.open(self.files[index]) as image:
+                image = image.convert("RGB").resize((self.size, self.size), Image.Resampling.BILINEAR)
+                pixels = torch.from_numpy(np.array(image, dtype=np.uint8))
+        except (UnidentifiedImageError, OSError) as error:  # Pillow's traceback would not say what to do
+            raise InvalidValueError(f"{self.files[index]}: not a readable image ({error}); remove or replace it") from error
         return pixels.permute(2, 0, 1).contiguous(), self.labels[index]
 
     def subset(self, indices: torch.Tensor) -> "ImageFolder":
@@ -189,6 +192,7 @@ def image_folder_split(root: str | Path, split: str, size: int, classes: Sequenc
     if not directory.is_dir():
         raise DataNotFoundError(f"image folder split not found: {directory} (expected {directory}/<class>/<image>)")
     found = sorted(p.name for p in directory.iterdir() if p.is_dir())
+    training = classes is None  # the training split defines the classes
     classes = tuple(classes) if classes is not None else tuple(found)
     unknown = sorted(set(found) - set(classes))
     if unknown:
@@ -197,6 +201,9 @@ def image_folder_split(root: str | Path, split: str, size: int, classes: Sequenc
     for label, name in enumerate(classes):
         folder = directory / name
         images = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS) if folder.is_dir() else []
+        if not images and training:
+            raise DataNotFoundError(f"{folder}: a class folder without images ({', '.join(IMAGE_EXTENSIONS)}); "
+                                    f"a class needs training images, or remove the folder")
         files += images
         labels += [label] * len(images)
     if not files:
