@@ -135,12 +135,12 @@ def replace_damaged_splits(out: Path, overwrite: bool) -> None:
     cache they are is unknown, and without this --overwrite could not replace them."""
     for manifest in sorted(out.glob(f"*/{MANIFEST}")):
         try:
-            read_json(manifest, required=("k", "teacher_sha256"))
+            read_json(manifest, required=("k", "teacher_sha256"),
+                      advice=f"the split's manifest is damaged: pass --overwrite to replace {manifest.parent}, "
+                             f"or choose another --out")
         except RecordError as error:
             if not overwrite:
-                reason = str(error).removesuffix("; rerun the command that wrote it")
-                raise TopKCacheError(f"{reason}; the split's manifest is damaged: pass --overwrite to replace "
-                                     f"{manifest.parent}, or choose another --out") from error
+                raise TopKCacheError(str(error)) from error
             print(f"[lskd-dump-topk] removing {manifest.parent} (its {MANIFEST} is damaged)", flush=True)
             shutil.rmtree(manifest.parent)
 

@@ -254,13 +254,12 @@ def _recorded_fingerprint(record: Path, replaceable: bool) -> str | None:
     if not record.exists():
         return None
     try:
-        return read_json(record).get("fingerprint")
-    except RecordError as error:
+        return read_json(record, advice=f"the record is damaged: pass --overwrite to replace it and the data "
+                                        f"prepared in {record.parent}, or choose another directory").get("fingerprint")
+    except RecordError:
         if replaceable:
             return None
-        reason = str(error).removesuffix("; rerun the command that wrote it")
-        raise RecordError(f"{reason}; the record is damaged: pass --overwrite to replace it and the data "
-                          f"prepared in {record.parent}, or choose another directory") from error
+        raise
 
 
 def normalise(lines: list[str], lang: str, enabled: bool) -> list[str]:

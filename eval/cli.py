@@ -9,8 +9,7 @@ from pathlib import Path
 from eval.bleu import evaluate, format_table, paired_bootstrap, score_files
 from eval.speed import DEFAULT_ENGINES
 from lskd.corpus import CorpusError, read_lines
-from lskd.decoding import (QUANTIZATIONS, DecodingOptions, add_engine_arguments, check_cuda, engine_settings,
-                           set_decoder_threads)
+from lskd.decoding import QUANTIZATIONS, DecodingOptions, add_engine_arguments, engine_settings, set_decoder_threads
 from lskd.errors import console_script, count_at_least, output_directory
 from lskd.projection import figure_path
 from lskd.scoring import TOKENIZERS
@@ -166,8 +165,6 @@ def _speed(args: argparse.Namespace) -> None:
 
     options = DecodingOptions(beam=args.beam, lenpen=args.lenpen, batch_size=args.batch_size,
                               max_batch_tokens=args.max_batch_tokens)
-    for engine in sorted({"fairseq" if spec == "fairseq" else "ctranslate2" for spec in args.engines} if args.gpu else []):
-        check_cuda(engine)
     record = measure_speed(args.checkpoint, args.data, args.split, args.out, options, args.engines, args.threads,
                            args.latency_sentences, args.gpu)
     print(f"{'engine':12s} {'threads':>7s} {'words/s':>9s} {'sent/s':>8s} {'p50 ms':>8s} {'p90 ms':>8s} "

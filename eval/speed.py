@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from lskd.corpus import read_lines, write_lines
-from lskd.decoding import (QUANTIZATIONS, DecodingOptions, EngineError, available_cores, check_threads, is_too_long,
-                           pieces_to_text)
+from lskd.decoding import (QUANTIZATIONS, DecodingOptions, EngineError, available_cores, check_cuda, check_threads,
+                           is_too_long, pieces_to_text)
 from lskd.errors import LSKDError, one_line
 from lskd.prepared import PreparedData, load_prepared
 from lskd.provenance import provenance, sha256_file, write_json
@@ -45,13 +45,15 @@ def measure_speed(checkpoint: Path, data_dir: Path, split: str, out_dir: Path, o
     check_threads(threads)
     if latency_sentences < 1:
         raise EngineError(f"--latency-sentences {latency_sentences}: the p50/p90 latency needs at least one sentence")
+    specs = {spec: parse_engine(spec) for spec in dict.fromkeys(engines)}
+    for engine in sorted({engine for engine, _ in specs.values()} if gpu else ()):
+        check_cuda(engine)
     data = load_prepared(data_dir)  # bad input is reported before fairseq is imported (seconds)
     from eval.bleu import score
     from fairseq_plugins.checkpoint import load_fairseq_checkpoint
     from fairseq_plugins.ctranslate2_export import count_parameters, export_beside
 
     references = read_lines(data.raw(split, data.tgt))
-    specs = {spec: parse_engine(spec) for spec in dict.fromkeys(engines)}
     models = {spec: export_beside(checkpoint, data, q) for spec, (engine, q) in specs.items() if engine == "ctranslate2"}
     out_dir.mkdir(parents=True, exist_ok=True)
     per_engine: dict[str, dict[str, Any]] = {}

@@ -54,18 +54,20 @@ class RecordError(LSKDError):
     """A JSON record (``prep.json``, ``export.json``, a score record) that cannot be read as one."""
 
 
-def read_json(path: str | os.PathLike, required: Sequence[str] = ()) -> dict[str, Any]:
+def read_json(path: str | os.PathLike, required: Sequence[str] = (),
+              advice: str = "rerun the command that wrote it") -> dict[str, Any]:
     """The JSON object in ``path``, which has every ``required`` key (dotted for nested ones, e.g.
     ``"checkpoint.sha256"``). A file that is unreadable, not JSON, not an object or short of a key is a
-    :class:`RecordError` naming it: a damaged record would otherwise surface as a traceback far from it."""
+    :class:`RecordError` naming it and ending in ``advice`` (the caller's fix, e.g. ``--overwrite``): a
+    damaged record would otherwise surface as a traceback far from it."""
     try:
         record = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise RecordError(f"{path}: no such file") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise RecordError(f"{path}: not a readable JSON record ({error}); rerun the command that wrote it") from error
+        raise RecordError(f"{path}: not a readable JSON record ({error}); {advice}") from error
     if not isinstance(record, dict):
-        raise RecordError(f"{path}: expected a JSON object, found a {type(record).__name__}; rerun the command that wrote it")
+        raise RecordError(f"{path}: expected a JSON object, found a {type(record).__name__}; {advice}")
     for dotted in required:
         value: Any = record
         for key in dotted.split("."):
@@ -73,7 +75,7 @@ def read_json(path: str | os.PathLike, required: Sequence[str] = ()) -> dict[str
                 writer = written_by(record)
                 kind = f"written by '{writer}': another kind of record, or damaged" if writer else \
                     "damaged, or not written by LSKD"
-                raise RecordError(f"{path}: the record has no '{dotted}' ({kind}); rerun the command that wrote it")
+                raise RecordError(f"{path}: the record has no '{dotted}' ({kind}); {advice}")
             value = value[key]
     return record
 
