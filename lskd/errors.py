@@ -2,11 +2,14 @@
 
 A console script prints such an error as one line, ``lskd-xxx: error: MESSAGE``, and exits with
 status 2, as argparse does for a bad flag; ``LSKD_DEBUG=1`` shows the traceback instead. Anything
-else (a bug) keeps its traceback.
+else (a bug) keeps its traceback. A disk that is full or read-only, or a file that may not be
+written, is such an error too (:func:`disk_error_line`): the message names the path, never a signal or
+an ``OSError`` traceback.
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import functools
 import logging
 import os
@@ -74,9 +77,35 @@ def output_directory(text: str) -> Path:
     return Path(text)
 
 
+#: errno values that say the output location, not LSKD, is at fault (full, read-only, not permitted)
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM})
+
+
+def disk_error_line(error: OSError) -> str | None:
+    """The one-line message for a disk error (``PATH: No space left on device``), None for any other
+    ``OSError`` (a bug, which keeps its traceback)."""
+    if error.errno not in DISK_ERRNOS:
+        return None
+    where = error.filename if error.filename is not None else "the output location"
+    return f"{where}: {error.strerror or error}"
+
+
+def finite_float(text: str) -> float:
+    """An argparse ``type`` for a real-valued knob: a float that is finite. ``inf`` and ``nan`` parse
+    as floats, and a temperature or weight of either makes the first update's gradients NaN."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
 def console_script(prog: str) -> Callable[[Callable[[Sequence[str] | None], int]], Callable[[Sequence[str] | None], int]]:
-    """Decorate a console script's ``main(argv) -> exit status``: an :class:`LSKDError` becomes
-    ``prog: error: ...`` on stderr and exit status 2 (a traceback only with ``LSKD_DEBUG=1``)."""
+    """Decorate a console script's ``main(argv) -> exit status``: an :class:`LSKDError` or a disk error
+    (:func:`disk_error_line`) becomes ``prog: error: ...`` on stderr and exit status 2 (a traceback only
+    with ``LSKD_DEBUG=1``)."""
 
     def decorate(main: Callable[[Sequence[str] | None], int]) -> Callable[[Sequence[str] | None], int]:
         @functools.wraps(main)
@@ -87,10 +116,11 @@ def console_script(prog: str) -> Callable[[Callable[[Sequence[str] | None], int]
             logging.getLogger("sacrebleu").setLevel(logging.WARNING)  # it narrates every paired bootstrap at INFO
             try:
                 return main(argv)
-            except LSKDError as err:
-                if os.environ.get(DEBUG_VARIABLE) == "1":
+            except (LSKDError, OSError) as err:
+                message = str(err) if isinstance(err, LSKDError) else disk_error_line(err)
+                if message is None or os.environ.get(DEBUG_VARIABLE) == "1":
                     raise
-                print(f"{prog}: error: {one_line(str(err))}", file=sys.stderr)
+                print(f"{prog}: error: {one_line(message)}", file=sys.stderr)
                 return 2
 
         return run
