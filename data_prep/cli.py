@@ -8,6 +8,7 @@ from pathlib import Path
 from data_prep.pipeline import PrepOptions, prepare_parallel
 from lskd.corpus import CorpusError
 from lskd.errors import console_script, count_at_least, output_directory
+from lskd.output_files import check_writable
 
 DEFAULT_VOCAB_SIZE = 8000
 DEFAULT_SPM_MODEL_TYPE = "unigram"
@@ -96,7 +97,7 @@ def run(args: argparse.Namespace) -> dict:
 
         src_code = resolve_bible(src, args.src_bible)
         tgt_code = resolve_bible(tgt, args.tgt_bible)
-        args.out.mkdir(parents=True, exist_ok=True)
+        check_writable(args.out)  # before the Bible is fetched
         inputs, extra = write_bible_corpus(args.out, src, tgt, src_code, tgt_code, args.limit_train,
                                            args.limit_test)
         counts = extra["bible"]["extracted_pairs"]
@@ -108,7 +109,7 @@ def run(args: argparse.Namespace) -> dict:
     else:
         from data_prep.iwslt14 import extract_iwslt14
 
-        args.out.mkdir(parents=True, exist_ok=True)
+        check_writable(args.out)  # before the archive is extracted
         inputs, extra = extract_iwslt14(args.archive, args.out / "corpus", src, tgt)
     return prepare_parallel(inputs, args.out, options, vocabulary=vocabulary, overwrite=args.overwrite,
                             workers=args.workers, extra=extra)

@@ -4,6 +4,12 @@ The cache (see :mod:`lskd.topk_cache`) lets students be distilled with
 ``--teacher-topk-cache DIR`` without a teacher in memory. Each split goes to ``DIR/SPLIT`` with a
 manifest recording the data's and the teachers' sha256, so a cache is never used with other data.
 
+One run writes ``DIR`` at a time (a lock, :func:`lskd.output_files.writer_lock`). A split is written
+beside its place and renamed into it complete, its manifest certifying its arrays: after a kill, the
+next run removes what was half-made, keeps the splits made from the same data, teachers, k and
+too-long limits, and computes the rest. A split made from other inputs is refused, naming what
+changed, unless ``--overwrite``, which recomputes every split asked for.
+
 A sentence pair longer than the teachers accept (source or target, with ``--max-source-positions``
 and ``--max-target-positions`` as ``fairseq-train`` takes them) is what ``fairseq-train`` never
 batches: by default (``--too-long skip``) it gets no entry, and the manifest counts it and lists its
@@ -15,49 +21,91 @@ import argparse
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from lskd.decoding import check_cuda
 from lskd.errors import console_script, count_at_least, name_ids, output_directory
 from lskd.losses import topk_scores
+from lskd.output_files import check_writable, writer_lock
 from lskd.provenance import RecordError, provenance, read_json
-from lskd.too_long import TOO_LONG_POLICIES
-from lskd.topk_cache import MANIFEST, TopKCacheError, TopKCacheWriter, splits_of_another_teacher
+from lskd.too_long import TOO_LONG_POLICIES, LengthCheck
+from lskd.topk_cache import (MANIFEST, TopKCache, TopKCacheError, TopKCacheWriter, changed_inputs, remove_leftovers,
+                             splits_of_another_teacher)
 
 
-def dump_split(task, teachers, infos, split: str, k: int, out: Path, max_tokens: int, device: torch.device,
-               too_long: str = "skip") -> dict:
-    """Write the top-k cache of ``split`` to ``out/split``; sentences too long for the teachers follow
-    ``too_long`` (``skip``: no entry, counted and listed in the manifest; ``error``: stop naming them)."""
+def split_inputs(task, teachers, infos, split: str, k: int, too_long: str) -> tuple[LengthCheck, dict[str, Any]]:
+    """The sentences of ``split`` too long for the teachers, after the ``too_long`` policy (``skip``: no
+    entry, counted and listed in the manifest; ``error``: stop naming them), and what makes its cache
+    (:data:`lskd.topk_cache.INPUTS`)."""
     from fairseq_plugins.data import dataset_sha256
-    from fairseq_plugins.tasks import check_lengths, split_batches
-    from fairseq_plugins.teacher import teacher_log_probs
+    from fairseq_plugins.tasks import check_lengths
 
     lengths = check_lengths(task, teachers, split)
     lengths.enforce(too_long, hint="pass --too-long skip to leave them out of the cache, as fairseq-train "
                                    "leaves them out of training")
     source, target = lengths.max_positions
-    writer = TopKCacheWriter(
-        out / split, k, task.dataset(split).tgt_sizes,
+    return lengths, {
+        "data_sha256": dataset_sha256(task, split),
+        "teacher_sha256": [info.sha256 for info in infos],
+        "k": k,
+        # keys sorted, as a manifest reads back: a message shows the recorded limits and these alike
+        "too_long": {"max_source_positions": source, "max_target_positions": target, "policy": too_long},
+    }
+
+
+def open_writer(task, infos, split: str, out: Path, lengths: LengthCheck, inputs: dict[str, Any]) -> TopKCacheWriter:
+    """The writer of ``out/split``, its disk space reserved (a full disk stops here, before the teacher's pass)."""
+    return TopKCacheWriter(
+        out / split, inputs["k"], task.dataset(split).tgt_sizes,
         skipped=lengths.too_long, skip_reason=lengths.limits,
         manifest={
+            **inputs,
             "data": f"{Path(task.cfg.data).resolve()}:{split}",
-            "data_sha256": dataset_sha256(task, split),
             "teacher_path": [info.path for info in infos],
-            "teacher_sha256": [info.sha256 for info in infos],
             "teacher_label_smoothing": [info.label_smoothing for info in infos],
-            "too_long": {"policy": too_long, "max_source_positions": source, "max_target_positions": target},
             **provenance(),
         },
     )
-    pad = task.target_dictionary.pad()
-    for sample in split_batches(task, lengths, max_tokens, device, f"top-{k} {split}"):
+
+
+def fill(writer: TopKCacheWriter, task, teachers, lengths: LengthCheck, max_tokens: int,
+         device: torch.device) -> dict[str, Any]:
+    """Run the teachers over the split of ``lengths`` into ``writer``; returns the finished cache's manifest."""
+    from fairseq_plugins.tasks import split_batches
+    from fairseq_plugins.teacher import teacher_log_probs
+
+    k, pad = writer.k, task.target_dictionary.pad()
+    for sample in split_batches(task, lengths, max_tokens, device, f"top-{k} {lengths.split}"):
         values, indices = topk_scores(teacher_log_probs(teachers, sample["net_input"]), k)
         target_lengths = sample["target"].ne(pad).sum(-1).tolist()
         for row, (sid, length) in enumerate(zip(sample["id"].tolist(), target_lengths)):
             writer.write(sid, indices[row, :length], values[row, :length].exp())
     return writer.close()
+
+
+def dump_splits(task, teachers, infos, splits: list[str], args: argparse.Namespace) -> None:
+    """Check what ``args.out`` holds against this run's inputs, reserve the space of every split to
+    compute, then run the teachers over each (hours, for a large train split): every refusal and a full
+    disk come before the first pass. The caller holds the lock on ``args.out``."""
+    plans = {split: split_inputs(task, teachers, infos, split, args.k, args.too_long) for split in splits}
+    replace_other_teachers_splits(args.out, [info.sha256 for info in infos], args.k, args.overwrite)
+    todo = splits_to_compute(args.out, {split: inputs for split, (_, inputs) in plans.items()}, args.overwrite)
+    writers = {split: open_writer(task, infos, split, args.out, *plans[split]) for split in todo}
+    device = torch.device("cuda" if args.gpu else "cpu")
+    teachers = [t.to(device) for t in teachers]
+    for split in splits:
+        if split not in writers:
+            print(f"{split}: kept {args.out / split}, made from the same data, teachers, k and too-long limits "
+                  f"(--overwrite recomputes it)")
+            continue
+        manifest = fill(writers[split], task, teachers, plans[split][0], args.max_tokens, device)
+        size = sum(manifest["files"][name]["bytes"] for name in ("indices.npy", "probs.npy"))
+        kept = manifest["sentences"] - manifest["skipped"]["count"]
+        print(f"{split}: {kept} of {manifest['sentences']} sentences, {manifest['tokens']} target tokens, "
+              f"{size / max(manifest['tokens'], 1):.1f} bytes/token -> {args.out / split}")
+        print_skipped(split, manifest)
 
 
 @console_script("lskd-dump-topk")
@@ -104,16 +152,13 @@ def main(argv: list[str] | None = None) -> int:
             task.load_dataset(split)
         except FileNotFoundError:
             raise TopKCacheError(f"--splits {args.splits!r}: {args.data} has no binarized split {split!r}") from None
-    replace_other_teachers_splits(args.out, [info.sha256 for info in infos], args.k, args.overwrite)
-    device = torch.device("cuda" if args.gpu else "cpu")
-    teachers = [t.to(device) for t in teachers]
-    for split in splits:
-        manifest = dump_split(task, teachers, infos, split, args.k, args.out, args.max_tokens, device, args.too_long)
-        size = (args.out / split / "indices.npy").stat().st_size + (args.out / split / "probs.npy").stat().st_size
-        kept = manifest["sentences"] - manifest["skipped"]["count"]
-        print(f"{split}: {kept} of {manifest['sentences']} sentences, {manifest['tokens']} target tokens, "
-              f"{size / max(manifest['tokens'], 1):.1f} bytes/token -> {args.out / split}")
-        print_skipped(split, manifest)
+    check_writable(args.out)
+    with writer_lock(args.out):  # one writer per --out: a second one truncated the first's arrays
+        remove_leftovers(args.out)  # of a killed run
+        try:
+            dump_splits(task, teachers, infos, splits, args)
+        finally:
+            remove_leftovers(args.out)  # of this run, stopped by an error
     return 0
 
 
@@ -128,6 +173,27 @@ def replace_other_teachers_splits(out: Path, teacher_sha256: list[str], k: int, 
     for split_dir in others:
         print(f"[lskd-dump-topk] removing {split_dir} (another teacher or k)", flush=True)
         shutil.rmtree(split_dir)
+
+
+def splits_to_compute(out: Path, inputs: dict[str, dict[str, Any]], overwrite: bool) -> list[str]:
+    """The splits of ``inputs`` (split -> what makes its cache, :data:`lskd.topk_cache.INPUTS`) to
+    compute: with ``overwrite`` all of them, else those without a finished cache in ``out``. A finished
+    cache made from the same inputs is kept; one made from other inputs is refused, naming what changed,
+    and so is one whose arrays do not match its manifest."""
+    if overwrite:
+        return list(inputs)
+    todo, changed = [], []
+    for split, expected in inputs.items():
+        if not (out / split / MANIFEST).is_file():
+            todo.append(split)
+            continue
+        differences = changed_inputs(TopKCache(out / split).manifest, expected)  # TopKCache checks the arrays
+        if differences:
+            changed.append(f"{out / split} was made from other inputs: {', '.join(differences)}")
+    if changed:
+        them = "it" if len(changed) == 1 else "them"
+        raise TopKCacheError(f"{'; '.join(changed)}; pass --overwrite to recompute {them}, or choose another --out")
+    return todo
 
 
 def replace_damaged_splits(out: Path, overwrite: bool) -> None:

@@ -17,10 +17,11 @@ import subprocess
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from lskd.corpus import CorpusError, has_visible_text, read_lines, read_parallel, write_lines
 from lskd.errors import LSKDError
+from lskd.output_files import check_writable
 from lskd.provenance import RecordError, provenance, read_json, sha256_file, write_json
 
 if TYPE_CHECKING:  # the adapter imports fairseq: only when a teacher's vocabulary is used
@@ -230,6 +231,7 @@ def _claim_out_dir(out: Path, fingerprint: str, overwrite: bool) -> str:
     pending = out / "prep.pending.json"
     if _recorded_fingerprint(done, overwrite) == fingerprint and not overwrite:
         return "done"
+    check_writable(out)  # a read-only or full disk: one line naming it, before anything is removed or written
     ours = pending.exists() and not done.exists()
     if ours and _recorded_fingerprint(pending, True) != fingerprint:
         print(f"[lskd-prepare] {out} holds an unfinished preparation: starting it again", flush=True)
@@ -264,12 +266,18 @@ def _recorded_fingerprint(record: Path, replaceable: bool) -> str | None:
 
 def normalise(lines: list[str], lang: str, enabled: bool) -> list[str]:
     """Moses punctuation normalisation for ``lang`` (sacremoses) when ``enabled``; surrounding space stripped."""
+    normaliser = punctuation_normaliser(lang, enabled)
+    return [normaliser(line) for line in lines]
+
+
+def punctuation_normaliser(lang: str, enabled: bool) -> Callable[[str], str]:
+    """:func:`normalise` of one line, built once (a teacher's outputs are normalised one at a time)."""
     if not enabled:
-        return [line.strip() for line in lines]
+        return str.strip
     from sacremoses import MosesPunctNormalizer
 
     normalizer = MosesPunctNormalizer(lang=lang)
-    return [normalizer.normalize(line).strip() for line in lines]
+    return lambda line: normalizer.normalize(line).strip()
 
 
 def _train_sentencepiece(train_sides: list[list[str]], out: Path, options: PrepOptions,
@@ -388,12 +396,20 @@ def _unknown_pieces(out: Path, options: PrepOptions) -> dict[str, dict[str, dict
         for side, lang in (("source", options.src), ("target", options.tgt)):
             dictionary = out / "bin" / f"dict.{lang}.txt"
             unknown, total = unk_share(read_lines(out / "spm" / f"{name}.{lang}"), dictionary)
-            share = unknown / max(total, 1)
-            found[name][side] = {"unk": unknown, "pieces": total, "share": round(share, 6)}
-            if share > UNK_WARNING_SHARE:
-                print(f"[lskd-prepare] warning: {share:.1%} of the {name} {side} pieces ({unknown} of {total}) map to "
-                      f"<unk> in {dictionary}: the vocabulary does not cover this text well", file=sys.stderr, flush=True)
+            found[name][side] = unknown_pieces_record(unknown, total, f"{name} {side}", dictionary)
     return found
+
+
+def unknown_pieces_record(unknown: int, total: int, what: str, dictionary: Path,
+                          prog: str = "lskd-prepare") -> dict[str, Any]:
+    """``{"unk", "pieces", "share"}`` of a text (``what``, e.g. ``train source``) whose ``total`` pieces
+    hold ``unknown`` that ``dictionary`` maps to ``<unk>``; a share above :data:`UNK_WARNING_SHARE` is a
+    warning on stderr, from ``prog`` (the vocabulary does not fit this text)."""
+    share = unknown / max(total, 1)
+    if share > UNK_WARNING_SHARE:
+        print(f"[{prog}] warning: {share:.1%} of the {what} pieces ({unknown} of {total}) map to "
+              f"<unk> in {dictionary}: the vocabulary does not cover this text well", file=sys.stderr, flush=True)
+    return {"unk": unknown, "pieces": total, "share": round(share, 6)}
 
 
 def _check_binarized_counts(out: Path, options: PrepOptions, expected: dict[str, int]) -> dict[str, int]:

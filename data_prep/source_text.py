@@ -15,7 +15,6 @@ counted too: they are kept, and with the parallel split included their pair appe
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 from dataclasses import asdict, dataclass
@@ -23,7 +22,8 @@ from pathlib import Path
 
 from data_prep.pipeline import encoded_has_text, normalise, run_preprocess
 from lskd.corpus import CorpusError, read_lines, write_lines
-from lskd.prepared import PreparedData, load_prepared
+from lskd.output_files import changed_inputs
+from lskd.prepared import PREP_JSON, PreparedData, load_prepared
 from lskd.provenance import sha256_file, write_json
 
 #: The split of the prepared source text that holds the kept lines of every file, in order.
@@ -63,18 +63,28 @@ def source_text_fingerprint(data: PreparedData, files: list[Path]) -> str:
     return digest.hexdigest()
 
 
-def prepare_source_text(data: PreparedData, files: list[Path], out: Path, workers: int = 1
-                        ) -> tuple[PreparedData, list[SourceTextFile]]:
+def prepare_source_text(data: PreparedData, files: list[Path], out: Path, workers: int = 1,
+                        overwrite: bool = False) -> tuple[PreparedData, list[SourceTextFile]]:
     """Prepare ``files`` for translation in ``out`` (kept when already prepared from the same files
     and corpus, so that a resumed or sharded distillation reuses it); returns it and each file's account.
+    The caller holds the only right to write ``out`` (a lock).
 
     Raises :class:`lskd.corpus.CorpusError` for a missing file, one with non-UTF-8 bytes (file and
-    line), one without a line, or files that hold no line with text at all.
+    line), one without a line, or files that hold no line with text at all, and, unless ``overwrite``
+    (which prepares it again), for an ``out`` prepared from other files or another corpus, naming which.
     """
     fingerprint = source_text_fingerprint(data, files)
-    existing = out / "prep.json"
-    if existing.is_file() and json.loads(existing.read_text(encoding="utf-8"))["fingerprint"] == fingerprint:
-        return load_prepared(out), [SourceTextFile(**f) for f in load_prepared(out).record["source_text"]]
+    if (out / PREP_JSON).is_file():
+        existing = load_prepared(out)
+        if existing.fingerprint == fingerprint:
+            return existing, [SourceTextFile(**f) for f in existing.record["source_text"]]
+        if not overwrite:
+            changed = changed_inputs(_inputs(existing.record), {"data": data.fingerprint,
+                                                                "files": [sha256_file(path) for path in files]},
+                                     {"data": "the prepared data's fingerprint",
+                                      "files": "the --source-text files' sha256"})
+            raise CorpusError(f"{out} holds source text prepared from other inputs: "
+                              f"{', '.join(changed) or 'its fingerprint'}; pass --overwrite to start afresh")
     staging = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     try:
@@ -85,12 +95,18 @@ def prepare_source_text(data: PreparedData, files: list[Path], out: Path, worker
                   "source_text": [asdict(f) for f in accounts], "derived_from": data.provenance(),
                   "outputs": {"spm_model": str(data.spm_model.resolve()), "bin_dir": "bin",
                               "joined_dictionary": data.joined_dictionary, "binarized_sentences": {SPLIT: kept}}}
-        write_json(staging / "prep.json", record)
+        write_json(staging / PREP_JSON, record)
         shutil.rmtree(out, ignore_errors=True)
         os.replace(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return load_prepared(out), accounts
+
+
+def _inputs(record: dict) -> dict:
+    """What a prepared source text's ``prep.json`` says it was made from."""
+    return {"data": record.get("derived_from", {}).get("fingerprint"),
+            "files": [f.get("sha256") for f in record.get("source_text", [])]}
 
 
 def _encode_files(data: PreparedData, files: list[Path], out: Path) -> list[SourceTextFile]:

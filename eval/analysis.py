@@ -15,9 +15,11 @@ import torch
 from lskd.corpus import CorpusError
 from lskd.errors import name_ids
 from lskd.metrics import CalibrationAccumulator, StabilityAccumulator
-from lskd.prepared import load_prepared
+from lskd.output_files import check_writable
+from lskd.prepared import PreparedData, load_prepared
 from lskd.projection import project_onto_template_plane, save_projection_figure
 from lskd.provenance import provenance, write_json
+from lskd.too_long import LengthCheck
 
 DEFAULT_MAX_CLASSES = 1000
 
@@ -52,7 +54,8 @@ def stability_report(checkpoint: Path, data_dir: Path, split: str, out_dir: Path
 
     Sentence pairs longer than the model accepts stop it (naming them) unless ``too_long="skip"``;
     the record's ``too_long``, ``sentences`` and ``warnings`` then say which were left out. The classes
-    are counted over the sentences used."""
+    are counted over the sentences used. A location where the record cannot be written is an
+    :class:`lskd.output_files.OutputError` once the checkpoint is read, before the pass."""
     from fairseq_plugins.tasks import split_batches, task_and_model
     from fairseq_plugins.teacher import teacher_log_probs
 
@@ -61,6 +64,7 @@ def stability_report(checkpoint: Path, data_dir: Path, split: str, out_dir: Path
     task, model, info = task_and_model(checkpoint, data)
     model.to(device)
     lengths = checked_lengths(task, model, split, too_long, "the statistics (the record lists them)")
+    check_writable(out_dir)
     dictionary = task.target_dictionary
     classes = most_frequent_gold_classes(task, split, max_classes, lengths.too_long)
     stability = StabilityAccumulator(len(dictionary), classes=classes)
@@ -91,21 +95,17 @@ def stability_report(checkpoint: Path, data_dir: Path, split: str, out_dir: Path
         "data": data.provenance(),
         **provenance(),
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / f"stability-{split}.json", record)
     return record
 
 
-@torch.no_grad()
-def penultimate_points(checkpoint: Path, data_dir: Path, split: str, tokens: Sequence[str],
-                       max_tokens: int = 4096, too_long: str = "error") -> tuple[torch.Tensor, torch.Tensor, float | None]:
-    """(N, 2) plane coordinates and (N,) class indices of decoder states whose gold token is one of ``tokens``
-    (sentences too long for the model: ``too_long`` policy)."""
-    from fairseq_plugins.tasks import split_batches, task_and_model
-    from fairseq_plugins.teacher import decoder_features, output_embeddings
+def panel_model(checkpoint: Path, data: PreparedData, split: str, tokens: Sequence[str],
+                too_long: str = "error") -> tuple[Any, torch.nn.Module, Any, LengthCheck, list[int]]:
+    """``(task, model, info, lengths, token ids)`` of one panel: the checkpoint read, its sentences too long
+    for it handled by the ``too_long`` policy, ``tokens`` found in its target dictionary (else a
+    :class:`CorpusError`)."""
+    from fairseq_plugins.tasks import task_and_model
 
-    data = load_prepared(data_dir)
-    data.sentences(split)  # a split it lacks is named now, not as fairseq's "Dataset not found" traceback
     task, model, info = task_and_model(checkpoint, data)
     lengths = checked_lengths(task, model, split, too_long, "the picture")
     if lengths.too_long:  # the picture has no record to list them in
@@ -116,6 +116,18 @@ def penultimate_points(checkpoint: Path, data_dir: Path, split: str, tokens: Seq
     missing = [t for t, i in zip(tokens, ids) if i == dictionary.unk()]
     if missing:
         raise CorpusError(f"token(s) {missing} are not in the target dictionary (SentencePiece pieces start with '▁')")
+    return task, model, info, lengths, ids
+
+
+@torch.no_grad()
+def penultimate_points(task: Any, model: torch.nn.Module, lengths: LengthCheck, ids: Sequence[int],
+                       max_tokens: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, 2) plane coordinates and (N,) class indices of decoder states whose gold token is one of the
+    dictionary ``ids``, over the sentences of ``lengths.split`` that ``lengths`` keeps."""
+    from fairseq_plugins.tasks import split_batches
+    from fairseq_plugins.teacher import decoder_features, output_embeddings
+
+    split = lengths.split
     templates = output_embeddings(model)[ids]
     features, labels = [], []
     for sample in split_batches(task, lengths, max_tokens, torch.device("cpu"), f"features {split}"):
@@ -125,15 +137,20 @@ def penultimate_points(checkpoint: Path, data_dir: Path, split: str, tokens: Seq
             features.append(hidden[where])
             labels.append(torch.full((int(where.sum()),), cls))
     points = project_onto_template_plane(torch.cat(features), templates)
-    return points, torch.cat(labels), info.label_smoothing
+    return points, torch.cat(labels)
 
 
 def projection_figure(checkpoints: Sequence[Path], data_dir: Path, split: str, tokens: Sequence[str], out: Path,
                       too_long: str = "error") -> Path:
-    """Side-by-side projections, one panel per checkpoint, titled with its label smoothing."""
+    """Side-by-side projections, one panel per checkpoint, titled with its label smoothing. Every checkpoint is
+    read and checked (:func:`panel_model`) and a location where the picture cannot be written is an
+    :class:`lskd.output_files.OutputError`, before any decoder state is computed."""
+    data = load_prepared(data_dir)
+    data.sentences(split)  # a split it lacks is named now, not as fairseq's "Dataset not found" traceback
+    models = [(checkpoint, *panel_model(checkpoint, data, split, tokens, too_long)) for checkpoint in checkpoints]
+    check_writable(out.parent)
     panels = []
-    for checkpoint in checkpoints:
-        points, labels, smoothing = penultimate_points(checkpoint, data_dir, split, tokens, too_long=too_long)
-        panels.append((f"{Path(checkpoint).parent.name} (label smoothing {smoothing})", points, labels))
-    out.parent.mkdir(parents=True, exist_ok=True)
+    for checkpoint, task, model, info, lengths, ids in models:
+        points, labels = penultimate_points(task, model, lengths, ids)
+        panels.append((f"{Path(checkpoint).parent.name} (label smoothing {info.label_smoothing})", points, labels))
     return save_projection_figure(panels, tokens, out)

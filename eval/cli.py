@@ -6,14 +6,16 @@ import json
 import sys
 from pathlib import Path
 
-from eval.bleu import evaluate, format_table, paired_bootstrap, score_files
+from eval.bleu import compare_files, evaluate, file_warnings, format_table, score_files
 from eval.speed import DEFAULT_ENGINES
-from lskd.corpus import CorpusError, read_lines
 from lskd.decoding import QUANTIZATIONS, DecodingOptions, add_engine_arguments, engine_settings, set_decoder_threads
-from lskd.errors import console_script, count_at_least, output_directory
+from lskd.errors import console_script, count_at_least, finite_float, output_directory
+from lskd.hf_teacher import default_engine
 from lskd.projection import figure_path
 from lskd.scoring import TOKENIZERS
+from lskd.teacher_spec import read_teacher_spec
 from lskd.too_long import TOO_LONG_POLICIES
+from lskd.unicode_form import DEFAULT_UNICODE_FORM, UNICODE_FORMS
 
 
 def add_tokenize(parser: argparse.ArgumentParser, tgt_lang: bool) -> None:
@@ -23,6 +25,15 @@ def add_tokenize(parser: argparse.ArgumentParser, tgt_lang: bool) -> None:
                                                "sacrebleu -l SRC-TGT does; default: 13a)")
     parser.add_argument("--tokenize", choices=TOKENIZERS,
                         help="BLEU tokenizer (default: sacrebleu's choice for the target language)")
+
+
+def add_unicode_form(parser: argparse.ArgumentParser) -> None:
+    """The Unicode normalisation form (UAX #15) both sides are scored in."""
+    parser.add_argument("--unicode-form", choices=UNICODE_FORMS, default=DEFAULT_UNICODE_FORM,
+                        help="score hypotheses and references in this Unicode normalisation form: nfc (default: "
+                             "composed and decomposed files of the same text score alike; NFC text is scored as it "
+                             "is), nfkc (also folds compatibility characters such as ligatures and fullwidth forms, as "
+                             "SentencePiece's normalisation does) or none (sacrebleu's numbers on the text as it is)")
 
 
 def add_too_long(parser: argparse.ArgumentParser, what: str, listed: str = "the record lists them") -> None:
@@ -37,19 +48,21 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     bleu = commands.add_parser("bleu", help="decode a split with a checkpoint and score BLEU/chrF/TER")
-    bleu.add_argument("--checkpoint", required=True, type=Path, help="fairseq checkpoint (.pt)")
+    bleu.add_argument("--checkpoint", required=True, type=Path,
+                      help="fairseq checkpoint (.pt), or a Hugging Face or CTranslate2 teacher directory (scored on "
+                           "the split's raw sources with its own tokenizer)")
     bleu.add_argument("--data", required=True, type=Path, help="directory made by lskd-prepare (holds prep.json)")
     bleu.add_argument("--split", default="test", help="split to translate (default test)")
     bleu.add_argument("--out", required=True, type=output_directory, help="directory for the hypotheses and bleu-SPLIT.json")
     bleu.add_argument("--beam", type=int, default=5)
-    bleu.add_argument("--lenpen", type=float, default=1.0)
-    bleu.add_argument("--max-len-a", type=float, default=1.2)
+    bleu.add_argument("--lenpen", type=finite_float, default=1.0)
+    bleu.add_argument("--max-len-a", type=finite_float, default=1.2)
     bleu.add_argument("--max-len-b", type=int, default=10)
     bleu.add_argument("--batch-size", type=int, default=64)
     add_engine_arguments(bleu)
     add_too_long(bleu, "decoding and scoring")
     add_tokenize(bleu, tgt_lang=False)  # the target language is prep.json's
-
+    add_unicode_form(bleu)
 
     speed = commands.add_parser("speed", help="words/s, latency, memory and size of a checkpoint with each engine")
     speed.add_argument("--checkpoint", required=True, type=Path, help="fairseq checkpoint (.pt)")
@@ -62,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     speed.add_argument("--threads", nargs="+", type=int, default=[1, 0],
                        help="thread counts to measure at, 0 = all cores (default: 1 0)")
     speed.add_argument("--beam", type=int, default=5)
-    speed.add_argument("--lenpen", type=float, default=1.0)
+    speed.add_argument("--lenpen", type=finite_float, default=1.0)
     speed.add_argument("--batch-size", type=int, default=64)
     speed.add_argument("--max-batch-tokens", type=int, help="also cap a batch at this many source tokens (padded)")
     speed.add_argument("--latency-sentences", type=int, default=100,
@@ -94,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--ref", required=True, type=Path)
     compare.add_argument("--samples", type=count_at_least(1), default=1000)
     add_tokenize(compare, tgt_lang=True)
+    add_unicode_form(compare)
 
     table = commands.add_parser("table", help="print the scores of bleu-SPLIT.json records side by side")
     table.add_argument("records", nargs="+", type=Path, help="bleu-SPLIT.json files written by 'lskd-eval bleu'")
@@ -102,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     files.add_argument("--hyp", required=True, type=Path)
     files.add_argument("--ref", required=True, type=Path)
     add_tokenize(files, tgt_lang=True)
+    add_unicode_form(files)
     return parser
 
 
@@ -113,7 +128,7 @@ def _stability(args: argparse.Namespace) -> None:
     print(f"1 - S = {record['one_minus_s']:.4f} over {record['classes']} classes, ECE = {record['ece_15_bins']:.4f}, "
           f"entropy = {record['mean_entropy_bits']:.3f} bits, accuracy = {record['accuracy']:.4f} "
           f"({record['positions']} positions, {record['sentences']} sentences)")
-    _print_warnings(record)
+    _print_warnings(record["warnings"])
 
 
 def _project(args: argparse.Namespace) -> None:
@@ -123,17 +138,16 @@ def _project(args: argparse.Namespace) -> None:
 
 
 def _compare(args: argparse.Namespace) -> None:
-    files = [(path, read_lines(path)) for path in (args.baseline, args.system, args.ref)]
-    if len({len(lines) for _, lines in files}) > 1:
-        raise CorpusError("a paired test needs the same number of lines in every file: "
-                          + ", ".join(f"{path} has {len(lines)}" for path, lines in files))
-    result = paired_bootstrap(*(lines for _, lines in files), args.samples, args.tgt_lang, args.tokenize)
+    result = compare_files(args.baseline, args.system, args.ref, args.samples, args.tgt_lang, args.tokenize,
+                           args.unicode_form)
     for metric in ("BLEU", "chrF2"):
         r = result[metric]
         # sacrebleu reports p = 1 / (samples + 1) for equal scores, which reads as a resolved difference
         verdict = "the same score, no difference to test" if r["system"] == r["baseline"] else f"p = {r['p_value']:.4f}"
         print(f"{metric}: baseline {r['baseline']:.2f}, system {r['system']:.2f} "
-              f"({r['system_mean']:.2f} +- {r['system_ci95']:.2f}), {verdict}  ({r['signature']})")
+              f"({r['system_mean']:.2f} +- {r['system_ci95']:.2f}), {verdict}  ({r['signature']}; "
+              f"unicode form: {result['unicode_form']})")
+    _print_warnings(result["warnings"])
 
 
 def _table(args: argparse.Namespace) -> None:
@@ -142,22 +156,24 @@ def _table(args: argparse.Namespace) -> None:
 
 def _print_scores(scores: dict) -> None:
     for result in scores.values():
-        print(f"{result['text']}  ({result['signature']})")
+        print(f"{result['text']}  ({result['signature']}; unicode form: {result['unicode_form']})")
 
 
-def _print_warnings(record: dict) -> None:
-    for warning in record.get("warnings", []):
+def _print_warnings(warnings: list[str]) -> None:
+    for warning in warnings:
         print(f"warning: {warning}")
 
 
 def _bleu(args: argparse.Namespace) -> None:
     options = DecodingOptions(beam=args.beam, lenpen=args.lenpen, max_len_a=args.max_len_a, max_len_b=args.max_len_b,
                               batch_size=args.batch_size)
-    settings = engine_settings(args)
+    settings = engine_settings(args, default_engine(read_teacher_spec(args.checkpoint)) if args.checkpoint.is_dir()
+                               else "fairseq")
     set_decoder_threads(settings)
-    record = evaluate(args.checkpoint, args.data, args.split, args.out, options, settings, args.tokenize, args.too_long)
+    record = evaluate(args.checkpoint, args.data, args.split, args.out, options, settings, args.tokenize, args.too_long,
+                      args.unicode_form)
     _print_scores(record["scores"])
-    _print_warnings(record)
+    _print_warnings(record["warnings"])
 
 
 def _speed(args: argparse.Namespace) -> None:
@@ -178,8 +194,9 @@ def _speed(args: argparse.Namespace) -> None:
 
 
 def _score(args: argparse.Namespace) -> None:
-    scores = score_files(args.hyp, args.ref, args.tgt_lang, args.tokenize)
+    scores = score_files(args.hyp, args.ref, args.tgt_lang, args.tokenize, args.unicode_form)
     _print_scores(scores)
+    _print_warnings(file_warnings([args.hyp, args.ref], args.unicode_form))
     print(json.dumps({k: v["score"] for k, v in scores.items()}))
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from lskd.decoding import QUANTIZATIONS
 from lskd.errors import console_script, output_directory
+from lskd.output_files import check_writable
 from lskd.prepared import load_prepared
 
 
@@ -34,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     data = load_prepared(args.data)  # bad input is reported before fairseq is imported (seconds)
+    check_writable(args.out.parent)  # where the export is staged, then renamed into --out
     from fairseq_plugins.ctranslate2_export import export_checkpoint
 
     model = export_checkpoint(args.checkpoint, data, args.out, args.quantization, args.overwrite)

@@ -20,10 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from eval.bleu import BLEU_RECORD_KEYS, paired_bootstrap
-from eval.report_layout import assemble_report, fmt, load_records, mean_sd, plot_against_temperature, system_name
+from eval.report_layout import (SEED_VERDICT_LEGEND, assemble_report, fmt, gap_change_over_temperature, load_records,
+                                ls_gap_over_seeds, mean_sd, plot_against_temperature, seed_of, system_name)
 from eval.vision_report import write_classification_report
 from lskd.corpus import read_lines
 from lskd.errors import LSKDError, console_script
+from lskd.output_files import check_writable
+from lskd.seed_statistics import difference_by_seed
 
 #: the engine whose speed and size the report compares (``lskd-eval speed --engines ... ct2-int8``)
 INT8 = "ct2-int8"
@@ -45,6 +48,7 @@ class SystemRow:
     alpha: float | None
     is_teacher: bool  # some other scored system learned from it
     bleu: list[float] = field(default_factory=list)
+    bleu_by_seed: dict[int | None, float] = field(default_factory=dict)  # the same scores by training seed
     chrf: list[float] = field(default_factory=list)
     ter: list[float] = field(default_factory=list)
     one_minus_s: list[float] = field(default_factory=list)
@@ -147,8 +151,10 @@ def build_rows(run_dir: Path) -> list[SystemRow]:
     int8_bleu = {_measured(rec): rec["scores"]["bleu"]["score"] for _, rec in int8_records}
     teachers = _teacher_paths([record for _, record in bleu_records])
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    seeds: dict[str, list[int | None]] = defaultdict(list)
     for path, record in bleu_records:
         groups[system_name(path, run_dir)].append(record)
+        seeds[system_name(path, run_dir)].append(seed_of(path, record))
     rows = []
     for name, members in sorted(groups.items()):
         system = members[0].get("system", {})
@@ -162,6 +168,7 @@ def build_rows(run_dir: Path) -> list[SystemRow]:
             alpha=system.get("kd_alpha") if word_kd else None,
             is_teacher=any(str(Path(r["checkpoint"]["path"]).resolve()) in teachers for r in members),
             bleu=[r["scores"]["bleu"]["score"] for r in members],
+            bleu_by_seed={seed: r["scores"]["bleu"]["score"] for seed, r in zip(seeds[name], members)},
             chrf=[r["scores"]["chrf"]["score"] for r in members],
             ter=[r["scores"]["ter"]["score"] for r in members],
             one_minus_s=[a["one_minus_s"] for a in analysed],
@@ -229,7 +236,7 @@ def summary_lines(rows: list[SystemRow]) -> list[str]:
     for label, members in by_method.items():
         if label not in taught:
             lines.append(f"{label} students without a teacher: BLEU " + " | ".join(mean_sd(r.bleu) for r in members))
-    return lines + [line for row in rows if (line := _against_teacher(row, rows))]
+    return lines + temperature_lines(rows) + [line for row in rows if (line := _against_teacher(row, rows))]
 
 
 def _against_teacher(student: SystemRow, rows: list[SystemRow]) -> str | None:
@@ -247,19 +254,32 @@ def _against_teacher(student: SystemRow, rows: list[SystemRow]) -> str | None:
             f"teacher {teacher.system}, {share} (CTranslate2 int8, 1 thread; BLEU with fairseq)")
 
 
-def _ls_gap(members: list[SystemRow]) -> str:
-    """``(LS teacher - non-LS teacher: +0.42 BLEU)`` when exactly one student of each kind is present."""
+def _smoothed_and_plain(members: list[SystemRow]) -> tuple[SystemRow, SystemRow] | None:
+    """The student of the LS teacher and that of the non-LS teacher, when there is exactly one of each."""
     smoothed = [r for r in members if r.teacher_smoothed is True]
     plain = [r for r in members if r.teacher_smoothed is False]
-    if len(smoothed) != 1 or len(plain) != 1:
+    return (smoothed[0], plain[0]) if len(smoothed) == 1 and len(plain) == 1 else None
+
+
+def _ls_gap(members: list[SystemRow]) -> str:
+    """`` (LS teacher - non-LS teacher: +0.42 BLEU, mean over seeds 1, 2, 3 ...: not resolved ...)``: the gap
+    judged over seeds (:func:`eval.report_layout.ls_gap_over_seeds`); from one seed, the plain words that it
+    compares two trained models, and the paired bootstrap of those two models over test sentences."""
+    pair = _smoothed_and_plain(members)
+    if pair is None:
         return ""
-    gap = statistics.mean(smoothed[0].bleu) - statistics.mean(plain[0].bleu)
-    return f" (LS teacher - non-LS teacher: {gap:+.2f} BLEU{_significance(smoothed[0], plain[0])})"
+    smoothed, plain = pair
+    teachers_per_seed = min(len(smoothed.teacher_checkpoints), len(plain.teacher_checkpoints)) > 1
+    verdict = ls_gap_over_seeds(smoothed.bleu_by_seed, plain.bleu_by_seed, "BLEU", teachers_per_seed,
+                                "LSKD_TEACHER_SEEDS")
+    bootstrap = _significance(smoothed, plain) if len(smoothed.bleu) == len(plain.bleu) == 1 else ""
+    return f" (LS teacher - non-LS teacher{verdict}{bootstrap})"
 
 
 def _significance(smoothed: SystemRow, plain: SystemRow) -> str:
-    """``, paired bootstrap p = 0.21: not resolved at this budget`` for two single-seed systems whose
-    hypotheses are at hand (sacrebleu's paired bootstrap, 1000 samples); empty otherwise."""
+    """``; paired bootstrap over test sentences p = 0.210: these two models do not differ measurably on this
+    test set`` for two single-seed systems whose hypotheses are at hand (sacrebleu's paired bootstrap, 1000
+    samples): it resamples sentences, so it speaks of these two trained models only. Empty otherwise."""
     files = []
     for row in (plain, smoothed):
         records = [r for r in row.provenance if "scores" in r]
@@ -271,10 +291,24 @@ def _significance(smoothed: SystemRow, plain: SystemRow) -> str:
     test = paired_bootstrap(read_lines(files[0]["hypotheses_file"]), read_lines(files[1]["hypotheses_file"]),
                             read_lines(files[0]["references_file"]))
     if test["BLEU"]["system"] == test["BLEU"]["baseline"]:  # sacrebleu reports p = 1 / (samples + 1) here
-        return ", paired bootstrap: the same BLEU, no difference to resolve"
+        return "; paired bootstrap over test sentences: the same BLEU"
     p = test["BLEU"]["p_value"]
-    verdict = "resolved (p < 0.05)" if p < 0.05 else "not resolved at this budget (p >= 0.05)"
-    return f", paired bootstrap p = {p:.3f}: the difference is {verdict}"
+    verdict = "differ" if p < 0.05 else "do not differ measurably"
+    return f"; paired bootstrap over test sentences p = {p:.3f}: these two models {verdict} on this test set"
+
+
+def temperature_lines(rows: list[SystemRow]) -> list[str]:
+    """Per word-KD alpha with students at two or more temperatures: does the LS-teacher gap change between
+    the lowest and the highest T (:func:`eval.report_layout.gap_change_over_temperature`)?"""
+    gaps: dict[float | None, dict[float, dict[int | None, float]]] = defaultdict(dict)
+    for temperature in sorted({r.temperature for r in rows if r.temperature is not None and r.method == "word-KD"}):
+        at_t = [r for r in rows if r.temperature == temperature and r.method == "word-KD" and not r.is_teacher]
+        for alpha in sorted({r.alpha for r in at_t}, key=str):
+            pair = _smoothed_and_plain([r for r in at_t if r.alpha == alpha])
+            if pair:
+                gaps[alpha][temperature] = difference_by_seed(pair[0].bleu_by_seed, pair[1].bleu_by_seed)
+    return [f"word-KD α={fmt(alpha)} students, {line}" for alpha, by_t in gaps.items()
+            if (line := gap_change_over_temperature(by_t, "BLEU"))]
 
 
 def plot_bleu_vs_temperature(rows: list[SystemRow], path: Path) -> Path | None:
@@ -394,7 +428,8 @@ def write_report(run_dir: Path, out: Path | None = None, note: str | None = None
               "mean ± sd over seeds. LS: the system's own label smoothing (fairseq convention, eps spread over "
               "V - 1 classes); teacher: the label smoothing of the model it learned from. 1 - S: stability "
               "(Shen et al. Eq. 2) over the most frequent gold tokens; ECE: 15 bins. Both from a teacher-forced "
-              "pass.")
+              "pass. " + SEED_VERDICT_LEGEND + " With one seed, the paired bootstrap over test sentences only says "
+              "whether those two trained models differ on this test set.")
     if any(row.speed for row in rows):
         legend += (" params: trainable parameters; MB (int8): the CTranslate2 int8 export on disk; words/s: source "
                    "words per second translating the split with CTranslate2 int8 on 1 thread; int8 BLEU: BLEU of "
@@ -415,6 +450,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.run_dir.is_dir():  # else "no bleu-*.json records", which hides a typo
         raise LSKDError(f"{args.run_dir}: no such directory")
+    check_writable((args.out or args.run_dir / "report.md").parent)  # the report and its plots/
     report = write_report(args.run_dir, args.out, args.note)
     if args.summary:
         print("\n".join(summary_lines(build_rows(args.run_dir))))

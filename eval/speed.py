@@ -21,6 +21,7 @@ from lskd.corpus import read_lines, write_lines
 from lskd.decoding import (QUANTIZATIONS, DecodingOptions, EngineError, available_cores, check_cuda, check_threads,
                            is_too_long, pieces_to_text)
 from lskd.errors import LSKDError, one_line
+from lskd.output_files import check_writable
 from lskd.prepared import PreparedData, load_prepared
 from lskd.provenance import provenance, sha256_file, write_json
 
@@ -41,21 +42,25 @@ def measure_speed(checkpoint: Path, data_dir: Path, split: str, out_dir: Path, o
                   engines: list[str], threads: list[int], latency_sentences: int = 100, gpu: bool = False) -> dict[str, Any]:
     """Measure every engine at every thread count (0: all cores); write ``out_dir/speed-SPLIT.json``.
 
-    Bad counts are an :class:`EngineError` before any export or translation."""
+    Bad counts are an :class:`EngineError`, and a location where the record cannot be written an
+    :class:`lskd.output_files.OutputError`, before any export or translation."""
     check_threads(threads)
+    if checkpoint.is_dir():
+        raise EngineError(f"{checkpoint} is a directory: lskd-eval speed measures fairseq checkpoints (a Hugging Face "
+                          f"or CTranslate2 teacher's speed: benchmarks/hf_teacher.py; its BLEU: lskd-eval bleu)")
     if latency_sentences < 1:
         raise EngineError(f"--latency-sentences {latency_sentences}: the p50/p90 latency needs at least one sentence")
     specs = {spec: parse_engine(spec) for spec in dict.fromkeys(engines)}
     for engine in sorted({engine for engine, _ in specs.values()} if gpu else ()):
         check_cuda(engine)
     data = load_prepared(data_dir)  # bad input is reported before fairseq is imported (seconds)
+    check_writable(out_dir)
     from eval.bleu import score
     from fairseq_plugins.checkpoint import load_fairseq_checkpoint
     from fairseq_plugins.ctranslate2_export import count_parameters, export_beside
 
     references = read_lines(data.raw(split, data.tgt))
     models = {spec: export_beside(checkpoint, data, q) for spec, (engine, q) in specs.items() if engine == "ctranslate2"}
-    out_dir.mkdir(parents=True, exist_ok=True)
     per_engine: dict[str, dict[str, Any]] = {}
     for spec in specs:
         if spec in models:

@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from lskd.errors import LSKDError, console_script, count_at_least
+from lskd.output_files import check_writable
 from lskd.projection import figure_path, project_onto_template_plane, save_projection_figure
 from lskd.train.config import TrainConfig, from_dict
 from lskd.vision.data import build_data, normalize
@@ -82,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", help="the data, if not where the checkpoints were trained on")
     parser.add_argument("--limit", type=count_at_least(1), help="use only the first N test images")
     args = parser.parse_args(argv)
+    check_writable(args.out.parent)  # before the activations of every checkpoint are computed
     print(projection_figure(args.checkpoints, args.classes, args.out, args.data_dir, args.limit))
     return 0
 

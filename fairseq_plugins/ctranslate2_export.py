@@ -24,6 +24,7 @@ from fairseq_plugins.checkpoint import load_fairseq_checkpoint
 from lskd.ctranslate2_engine import (EXPORT_JSON, SENTENCEPIECE_MODEL, ExportedModel, directory_bytes,
                                      load_export)
 from lskd.decoding import QUANTIZATIONS, EngineError, refuse_ensemble
+from lskd.output_files import changed_inputs, writer_lock
 from lskd.prepared import PreparedData
 from lskd.provenance import RecordError, provenance, sha256_file, write_json
 
@@ -58,14 +59,29 @@ def _positions(config: Any, name: str) -> int:
 
 
 def _identity(checkpoint_sha256: str, data: PreparedData, quantization: str) -> dict[str, Any]:
-    """What makes two exports the same: the checkpoint, the vocabulary and the weight type."""
+    """What makes two exports the same: every input of one, the checkpoint, the vocabulary (dictionaries
+    and the SentencePiece model copied in) and the weight type. Not the prepared data's fingerprint: the
+    prepared source text of a distillation and its corpus share one export (same vocabulary, other text)."""
     return {"checkpoint_sha256": checkpoint_sha256, "quantization": quantization,
-            "dictionaries": {lang: sha256_file(data.dictionary(lang)) for lang in (data.src, data.tgt)}}
+            "dictionaries": {lang: sha256_file(data.dictionary(lang)) for lang in (data.src, data.tgt)},
+            "sentencepiece_sha256": sha256_file(data.spm_model)}
 
 
 def _identity_of(model: ExportedModel) -> dict[str, Any]:
     return {"checkpoint_sha256": model.checkpoint_sha256, "quantization": model.quantization,
-            "dictionaries": {lang: d["sha256"] for lang, d in model.record["dictionaries"].items()}}
+            "dictionaries": {lang: d["sha256"] for lang, d in model.record["dictionaries"].items()},
+            "sentencepiece_sha256": model.record.get("sentencepiece_model", {}).get("sha256")}
+
+
+#: How a refusal names each part of an export's identity.
+IDENTITY_LABELS = {"checkpoint_sha256": "the checkpoint's sha256", "quantization": "the quantization",
+                   "dictionaries": "the dictionaries' sha256",
+                   "sentencepiece_sha256": "the SentencePiece model's sha256"}
+
+
+def _changes(existing: ExportedModel, wanted: dict[str, Any]) -> str:
+    """What differs between an export and the one wanted, e.g. ``the checkpoint's sha256 (3f2a… -> 9c1b…)``."""
+    return ", ".join(changed_inputs(_identity_of(existing), wanted, IDENTITY_LABELS))
 
 
 def _convert(checkpoint: Path, data: PreparedData, out: Path, quantization: str) -> None:
@@ -101,8 +117,11 @@ def export_checkpoint(checkpoint: str | Path, data: PreparedData, out: Path, qua
             return existing
         if existing is not None and not overwrite:
             raise ExportError(f"{out} holds another export ({existing.record['checkpoint']['path']}, sha256 "
-                              f"{existing.checkpoint_sha256[:12]}, {existing.quantization}): pass --overwrite to "
-                              f"replace it, or choose another --out")
+                              f"{existing.checkpoint_sha256[:12]}, {existing.quantization}; changed: "
+                              f"{_changes(existing, wanted)}): pass --overwrite to replace it, or choose another --out")
+        if existing is not None:
+            print(f"[lskd] {out} was exported from other inputs ({_changes(existing, wanted)}): exporting again",
+                  file=sys.stderr, flush=True)
     elif out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ExportError(f"{out} exists and is not a CTranslate2 export made by lskd-export: choose another --out")
     print(f"[lskd] exporting {checkpoint} to CTranslate2 ({quantization}): {out}", file=sys.stderr, flush=True)
@@ -172,9 +191,12 @@ def _move_into_place(staging: Path, out: Path, wanted: dict[str, Any]) -> None:
 
 
 def export_beside(checkpoint: str | Path, data: PreparedData, quantization: str) -> ExportedModel:
-    """The export of ``checkpoint`` kept next to it (``CKPT.ctranslate2-QUANT/``), made on first use
-    and remade when the checkpoint or the vocabulary changed: LSKD's cache for ``--engine ctranslate2``."""
+    """The export of ``checkpoint`` kept next to it (``CKPT.ctranslate2-QUANT/``), made on first use:
+    LSKD's cache for ``--engine ctranslate2``. It is reused only when its record matches every input
+    (checkpoint, dictionaries, SentencePiece model, quantization: :func:`_identity`), else remade, saying
+    what changed. One process at a time checks and makes it (a lock beside it); others wait, then reuse it."""
     refuse_ensemble(checkpoint)
     checkpoint = Path(checkpoint)
     out = checkpoint.parent / f"{checkpoint.stem}.ctranslate2-{quantization}"
-    return export_checkpoint(checkpoint, data, out, quantization, overwrite=True)
+    with writer_lock(checkpoint.parent, name=f".{out.name}.lock", wait=True):
+        return export_checkpoint(checkpoint, data, out, quantization, overwrite=True)

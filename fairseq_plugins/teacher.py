@@ -23,6 +23,8 @@ from fairseq_plugins.checkpoint import read_fairseq_state
 from lskd.checkpoint import CheckpointError, UnsafeCheckpointError
 from lskd.errors import LSKDError
 from lskd.provenance import sha256_file
+from lskd.teacher_spec import read_teacher_spec
+from lskd.too_long import TeacherLimits
 
 logger = logging.getLogger(__name__)
 
@@ -40,12 +42,29 @@ class TeacherInfo:
     num_updates: int | None
 
 
-def split_teacher_paths(teacher_path: str) -> list[str]:
-    """``a.pt:b.pt`` -> two ensemble members (fairseq's own ``--path`` convention)."""
+def split_teacher_paths(teacher_path: str, *, fairseq_only: bool = True) -> list[str]:
+    """``a.pt:b.pt`` -> two ensemble members (fairseq's own ``--path`` convention). With ``fairseq_only``
+    (what every reader of fairseq checkpoints asks: the KD criterion, ``lskd-dump-topk``, ``lskd-eval``'s
+    analyses), a Hugging Face or CTranslate2 model directory is a :class:`TeacherError` pointing to
+    sequence-level KD, the one way LSKD distils such a teacher yet."""
     paths = [p for p in teacher_path.split(":") if p]
     if not paths:
         raise TeacherError("--teacher-path is empty")
+    if fairseq_only:
+        for path in paths:
+            refuse_outside_teacher(path)
     return paths
+
+
+def refuse_outside_teacher(path: str) -> None:
+    """A directory given where a fairseq checkpoint is read: a Hugging Face or CTranslate2 teacher (or a
+    directory of no known kind) is refused in one line, instead of fairseq's error on a directory."""
+    if not os.path.isdir(path):
+        return
+    spec = read_teacher_spec(path)  # a directory of no known kind: says what was looked for
+    raise TeacherError(f"{path} is a {spec.kind} model directory ({spec.architecture}): word-level KD from a Hugging "
+                       f"Face or CTranslate2 teacher is not supported yet, and this command reads fairseq checkpoints; "
+                       f"distil it at sequence level with lskd-distill-corpus --teacher-path {path}")
 
 
 def describe_teachers(teacher_path: str) -> list[TeacherInfo]:
@@ -210,6 +229,15 @@ def load_teachers(teacher_path: str, task, roles: Roles = KD_ROLES) -> tuple[lis
         models.append(model)
         infos.append(info)
     return models, infos
+
+
+def teacher_limits(teachers: list[torch.nn.Module], paths: list[str]) -> TeacherLimits:
+    """The (source, target) positions every teacher accepts (each model's ``max_positions()``, which
+    is its config's limit for learned and sinusoidal positions alike), naming the checkpoint of each."""
+    from fairseq import utils
+
+    return TeacherLimits.tightest([(path, tuple(utils.resolve_max_positions((None, None), model.max_positions())))
+                                   for path, model in zip(paths, teachers)])
 
 
 @torch.no_grad()

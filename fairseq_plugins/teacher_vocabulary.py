@@ -9,7 +9,8 @@ This module finds those three files for a teacher given as
   (``sentencepiece.bpe.model``, ``spm.model``, or the directory's only ``*.model``);
 * a checkpoint: its ``cfg.task.data`` directory holds the dictionaries, and ``cfg.bpe`` names the
   SentencePiece model when it was trained with ``--bpe sentencepiece``; files beside the
-  checkpoint count too.
+  checkpoint count too, and so does the ``spm.model`` of the ``lskd-prepare`` directory whose ``bin/``
+  it was trained on.
 
 Explicit paths override what is found. Whatever cannot be found is named in the error, with every
 place that was looked at.
@@ -83,7 +84,7 @@ def find_teacher_vocabulary(teacher: str | Path | None, src: str, tgt: str, *, s
     found = {
         "--spm-model": Path(spm_model) if spm_model else _first(
             looked.setdefault("--spm-model", []), named_spm
-            + [p / name for p in places for name in SPM_NAMES] + _only_model_file(places)),
+            + [p / name for p in places + prepared_roots(places) for name in SPM_NAMES] + _only_model_file(places)),
         "--src-dict": Path(src_dict) if src_dict else _first(
             looked.setdefault("--src-dict", []), dictionary_candidates(places, src)),
         "--tgt-dict": Path(tgt_dict) if tgt_dict else _first(
@@ -99,6 +100,12 @@ def find_teacher_vocabulary(teacher: str | Path | None, src: str, tgt: str, *, s
         if not path.is_file():
             raise TeacherVocabularyError(f"{flag} {path}: no such file")
     return TeacherVocabulary(found["--spm-model"], found["--src-dict"], found["--tgt-dict"], checkpoint)
+
+
+def prepared_roots(places: Iterable[Path]) -> list[Path]:
+    """The ``lskd-prepare`` directories (a ``prep.json`` beside the data) whose ``bin/`` is among ``places``:
+    a checkpoint trained on ``PREP/bin`` (the quickstart's teachers) has its SentencePiece model in ``PREP``."""
+    return [place.parent for place in places if (place.parent / "prep.json").is_file()]
 
 
 def checkpoint_dictionary(checkpoint: str | Path, cfg: Any, lang: str) -> Path | None:
@@ -227,13 +234,18 @@ def check_pieces_fit_dictionaries(vocabulary: TeacherVocabulary) -> dict[str, fl
 def unk_share(piece_lines: Iterable[str], dictionary_path: str | Path) -> tuple[int, int]:
     """(pieces that map to ``<unk>``, all pieces) over lines of space-separated SentencePiece pieces,
     split as ``fairseq-preprocess`` splits them (``fairseq.tokenizer.tokenize_line``; ``</s>`` not counted)."""
+    counts = unk_counts(piece_lines, dictionary_path)
+    return sum(unknown for unknown, _ in counts), sum(total for _, total in counts)
+
+
+def unk_counts(piece_lines: Iterable[str], dictionary_path: str | Path) -> list[tuple[int, int]]:
+    """Per line, (pieces that map to ``<unk>``, all pieces), counted as :func:`unk_share` counts them."""
     from fairseq.data import Dictionary
     from fairseq.tokenizer import tokenize_line
 
     dictionary = Dictionary.load(str(dictionary_path))
-    unknown = total = 0
+    counts = []
     for line in piece_lines:
         pieces = tokenize_line(line)
-        total += len(pieces)
-        unknown += sum(dictionary.index(p) == dictionary.unk() for p in pieces)
-    return unknown, total
+        counts.append((sum(dictionary.index(p) == dictionary.unk() for p in pieces), len(pieces)))
+    return counts

@@ -1,12 +1,14 @@
-"""Translating the sentences of a split with a decoding engine: one interface, two engines.
+"""Translating the sentences of a split with a decoding engine: one interface, three engines.
 
 ``lskd-eval bleu``, ``lskd-eval speed`` and ``lskd-distill-corpus`` translate sentence ids of one
 split of a ``lskd-prepare`` directory through a :class:`TranslationEngine`. Two engines implement
 it: fairseq's beam search in-process (``fairseq_plugins.decoding.FairseqEngine``, what
 ``fairseq-generate`` runs) and CTranslate2 on an exported model
-(:class:`lskd.ctranslate2_engine.CTranslate2Engine`). Both take the same :class:`DecodingOptions`
-with fairseq's meaning (beam, length penalty, maximum length ``a * source length + b``) and return
-SentencePiece pieces, so that callers never see which engine ran.
+(:class:`lskd.ctranslate2_engine.CTranslate2Engine`); a Hugging Face or CTranslate2 teacher
+translates raw text with CTranslate2 or ``transformers`` (:class:`lskd.hf_teacher.TeacherEngine`).
+All take the same :class:`DecodingOptions` with fairseq's meaning (beam, length penalty, maximum
+length ``a * source length + b``) and return SentencePiece pieces, so that callers never see which
+engine ran.
 """
 from __future__ import annotations
 
@@ -19,7 +21,9 @@ from typing import Any, Callable, Protocol, Sequence
 
 from lskd.errors import LSKDError
 
-ENGINES = ("fairseq", "ctranslate2")
+ENGINES = ("fairseq", "ctranslate2", "transformers")
+#: the engines that run in torch (its threads, its CUDA)
+TORCH_ENGINES = ("fairseq", "transformers")
 #: CTranslate2 weight types an export or a load can use (``ctranslate2.converters`` ``quantization``).
 QUANTIZATIONS = ("int8", "int8_float32", "float32", "float16", "bfloat16")
 
@@ -94,7 +98,7 @@ class EngineSettings:
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
             raise EngineError(f"unknown engine {self.engine!r}: choose one of {', '.join(ENGINES)}")
-        if self.engine == "fairseq" and (self.quantization not in (None, "float32") or self.ctranslate2_model):
+        if self.engine != "ctranslate2" and (self.quantization not in (None, "float32") or self.ctranslate2_model):
             raise EngineError("--quantization and --ctranslate2-model belong to --engine ctranslate2")
         check_threads([self.threads])
 
@@ -105,9 +109,11 @@ class EngineSettings:
 
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of :class:`EngineSettings`, the same in every command that decodes."""
-    parser.add_argument("--engine", choices=ENGINES, default="fairseq",
+    parser.add_argument("--engine", choices=ENGINES,
                         help="fairseq: beam search in fairseq (what fairseq-generate runs; ensembles); "
-                             "ctranslate2: CTranslate2 on an export of the checkpoint (default fairseq)")
+                             "ctranslate2: CTranslate2 on an export of the checkpoint, or on a Hugging Face teacher "
+                             "converted once into LSKD's cache; transformers: a Hugging Face teacher's generate "
+                             "(default: fairseq for a fairseq checkpoint, ctranslate2 for another teacher)")
     parser.add_argument("--quantization", choices=QUANTIZATIONS,
                         help="CTranslate2 weight type (default: float32, or the --ctranslate2-model export's)")
     parser.add_argument("--ctranslate2-model", type=Path,
@@ -117,16 +123,18 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gpu", action="store_true", help="decode on the GPU (default: CPU)")
 
 
-def engine_settings(args: argparse.Namespace) -> EngineSettings:
+def engine_settings(args: argparse.Namespace, default: str = "fairseq") -> EngineSettings:
+    """The settings of :func:`add_engine_arguments`' flags; ``default``: the engine when ``--engine`` is not given."""
+    engine = args.engine or default
     if args.gpu:
-        check_cuda(args.engine)
-    return EngineSettings(engine=args.engine, device="cuda" if args.gpu else "cpu", threads=args.threads,
+        check_cuda(engine)
+    return EngineSettings(engine=engine, device="cuda" if args.gpu else "cpu", threads=args.threads,
                           quantization=args.quantization, ctranslate2_model=args.ctranslate2_model)
 
 
 def check_cuda(engine: str) -> None:
-    """``--gpu`` where ``engine`` (``fairseq``: torch; ``ctranslate2``: its own CUDA build) sees no CUDA
-    device is an :class:`EngineError` before any work, instead of torch's "not compiled with CUDA"
+    """``--gpu`` where ``engine`` (``fairseq``, ``transformers``: torch; ``ctranslate2``: its own CUDA
+    build) sees no CUDA device is an :class:`EngineError` before any work, instead of torch's "not compiled with CUDA"
     assertion or CTranslate2's "CUDA failed" traceback after the model was read or exported."""
     if engine == "ctranslate2":
         import ctranslate2
@@ -143,13 +151,13 @@ def check_cuda(engine: str) -> None:
 def set_decoder_threads(settings: EngineSettings) -> None:
     """For console scripts, before they open an engine: this process's thread settings for ``settings``.
 
-    fairseq: torch's threads (``--threads``; 0 keeps torch's default). CTranslate2 on CPU:
+    fairseq and transformers: torch's threads (``--threads``; 0 keeps torch's default). CTranslate2 on CPU:
     ``MKL_NUM_THREADS`` 1 when it is set higher (e.g. by a launcher for fairseq-train), because the
     engine translates ``--threads`` batches side by side, one core each, and MKL would also split
     every small product inside each (measured, quickstart teacher, int8, beam 5, 2 threads: one
     sentence 80 ms instead of 25). These are process-wide, so library code never calls this.
     """
-    if settings.engine == "fairseq":
+    if settings.engine in TORCH_ENGINES:
         if settings.threads:
             import torch
 

@@ -31,6 +31,12 @@ from lskd.provenance import sha256_file
 LOCK_FILE = ".lskd.lock"
 
 
+def default_cache_dir() -> Path:
+    """LSKD's cache of downloads and conversions (the Bible database, CTranslate2 conversions of
+    teachers): ``$LSKD_CACHE``, else ``~/.cache/lskd``."""
+    return Path(os.environ.get("LSKD_CACHE", Path.home() / ".cache" / "lskd"))
+
+
 class OutputError(LSKDError):
     """An output directory another process is writing, one that cannot be written, or files that do not
     match the manifest that certifies them."""
@@ -113,13 +119,17 @@ def verify_files(directory: str | os.PathLike, files: Mapping[str, Mapping[str, 
         raise OutputError(f"{directory}: {len(wrong)} file(s) do not match {manifest}: {', '.join(wrong)}; {advice}")
 
 
-def check_writable(directory: str | os.PathLike) -> None:
+def check_writable(directory: str | os.PathLike, create: bool = True) -> None:
     """Make ``directory`` (and its parents) and write a probe file in it, so that a read-only or full
-    location is an :class:`OutputError` naming it before any expensive work, not a traceback after."""
+    location is an :class:`OutputError` naming it before any expensive work, not a traceback after.
+    ``create=False`` makes nothing: a directory that does not exist yet is probed in its nearest
+    existing parent (the file system it will be made on), so a command refused later leaves no trace."""
     folder = Path(directory)
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".lskd-probe-") as probe:
+        if create:
+            folder.mkdir(parents=True, exist_ok=True)
+        probed = next((place for place in (folder, *folder.parents) if place.exists()), Path.cwd())
+        with tempfile.NamedTemporaryFile(dir=probed, prefix=".lskd-probe-") as probe:
             probe.write(b"\0" * 4096)
             probe.flush()
             os.fsync(probe.fileno())
@@ -140,3 +150,25 @@ def preallocate(path: str | os.PathLike, size: int) -> None:
         raise OutputError(f"{path}: not enough disk space for {size} bytes ({error.strerror})") from error
     finally:
         os.close(fd)
+
+
+def changed_inputs(recorded: Mapping[str, object], wanted: Mapping[str, object],
+                   labels: Mapping[str, str] | None = None) -> list[str]:
+    """The inputs of an output whose recorded value differs from this run's, each as ``LABEL (OLD -> NEW)``
+    (LABEL: ``labels[key]``, else the key; a hex digest shortened to 12 characters, a missing value
+    ``unrecorded``), so that a refusal says what changed, e.g. ``the prepared data's fingerprint
+    (3f2a09c41b77 -> 9c1b5e0d2a13)``."""
+    labels = labels or {}
+    return [f"{labels.get(key, key)} ({_shown(recorded.get(key))} -> {_shown(wanted.get(key))})"
+            for key in sorted(set(recorded) | set(wanted)) if recorded.get(key) != wanted.get(key)]
+
+
+def _shown(value: object) -> str:
+    if value is None:
+        return "unrecorded"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(map(_shown, value)) or "none"
+    if isinstance(value, Mapping):
+        return ", ".join(f"{key} {_shown(item)}" for key, item in value.items()) or "none"
+    text = str(value)
+    return text[:12] if len(text) == 64 and all(c in "0123456789abcdef" for c in text) else text

@@ -9,7 +9,9 @@
 # --dry-run prints every command, in order, and runs nothing.
 # Default size: 24 KD students + 3 baselines of 500 updates, 2 at a time: about 2 hours on a 2-core
 # CPU machine (about 1h40 when the quickstart's teachers are reused). Knobs (environment):
-#   TEMPERATURES ("1 2 3 64"), SEEDS ("1 2 3"), LSKD_KD_ALPHA (0.5), LSKD_TEACHER_UPDATES (800),
+#   TEMPERATURES ("1 2 3 64"), LSKD_SEEDS ("1 2 3"; SEEDS, the old name, still works), LSKD_KD_ALPHA (0.5),
+#   LSKD_TEACHER_SEEDS (unset: the seed-1 teachers teach every seed; "1 2 3": a teacher pair per seed, the
+#   students of seed s taught by the teachers of seed s; LSKD_SEEDS must then be the same), LSKD_TEACHER_UPDATES (800),
 #   LSKD_STUDENT_UPDATES (500), LSKD_RUN_DIR (runs/bible_temperature_sweep), LSKD_DATA_DIR
 #   (data/bible-de-en-4k, shared with the quickstart), LSKD_DEVICE (cpu|gpu),
 #   LSKD_TEACHERS=DIR  reuse the teachers DIR/teacher_ls0.1 and DIR/teacher_ls0 (e.g. runs/quickstart)
@@ -23,7 +25,7 @@ share_cores
 cd "$LSKD_ROOT"
 
 read -r -a TEMPERATURES <<< "${TEMPERATURES:-1 2 3 64}"
-read -r -a SEEDS <<< "${SEEDS:-1 2 3}"
+teacher_seeds "1 2 3" old
 KD_ALPHA=${LSKD_KD_ALPHA:-0.5}
 TEACHER_UPDATES=${LSKD_TEACHER_UPDATES:-800}
 STUDENT_UPDATES=${LSKD_STUDENT_UPDATES:-500}
@@ -34,26 +36,39 @@ TEACHERS=${LSKD_TEACHERS:-$RUN}
 # relative to where fairseq-train ran, which only a relative --save-dir reveals: an absolute run
 # directory gets an absolute data directory (else the report warns and the KD teacher check weakens)
 if [[ $RUN == /* || $TEACHERS == /* ]]; then DATA=$(realpath -m "$DATA"); fi
-knobs number TEMPERATURES "${TEMPERATURES[@]}"; knobs integer SEEDS "${SEEDS[@]}"; knobs number LSKD_KD_ALPHA "$KD_ALPHA"
+knobs number TEMPERATURES "${TEMPERATURES[@]}"; knobs number LSKD_KD_ALPHA "$KD_ALPHA"
 knobs integer LSKD_TEACHER_UPDATES "$TEACHER_UPDATES"; knobs integer LSKD_STUDENT_UPDATES "$STUDENT_UPDATES"
 BEAM=5
+seed_design "$RUN"
 started=$(date +%s)
 
 stage "prepare the Bible De-En corpus in $DATA"
 once "$DATA/prepare.done" "$DATA.prepare.log" -- lskd-prepare bible --out "$DATA" --vocab-size 4000
 
-stage "teachers ($TEACHERS): label smoothing 0.1 and 0, $TEACHER_UPDATES updates each"
-for ls in 0.1 0; do
-  if [ -n "${LSKD_TEACHERS:-}" ]; then
-    [ "$LSKD_DRY_RUN" = 1 ] || [ -f "$TEACHERS/teacher_ls$ls/checkpoint_last.pt" ] \
-      || { echo "LSKD_TEACHERS=$TEACHERS has no teacher_ls$ls/checkpoint_last.pt" >&2; exit 2; }
-  else
-    background train_teacher "$DATA/bin" "$TEACHERS/teacher_ls$ls" "$ls" "$TEACHER_UPDATES"
-  fi
+stage "teachers ($TEACHERS): label smoothing 0.1 and 0, $TEACHER_UPDATES updates each, seed ${TEACHER_SEEDS[*]}"
+for teacher_seed in "${TEACHER_SEEDS[@]}"; do
+  for ls in 0.1 0; do
+    teacher=$(seeded "$TEACHERS/teacher_ls$ls" "$teacher_seed")
+    if [ -n "${LSKD_TEACHERS:-}" ]; then
+      [ "$LSKD_DRY_RUN" = 1 ] || [ -f "$teacher/checkpoint_last.pt" ] \
+        || { echo "LSKD_TEACHERS=$TEACHERS has no ${teacher#"$TEACHERS/"}/checkpoint_last.pt" >&2; exit 2; }
+    else
+      at_most "$LSKD_JOBS" "$TEACHERS"
+      background train_teacher "$DATA/bin" "$teacher" "$ls" "$TEACHER_UPDATES" "$teacher_seed"
+    fi
+  done
 done
 wait_all "teacher training" "$TEACHERS"
-for ls in 0.1 0; do
-  background score_and_analyse "$TEACHERS/teacher_ls$ls" "$DATA" "$BEAM"
+# the first teachers are analysed too (stability, ECE); the others' BLEU is what the report needs
+for teacher_seed in "${TEACHER_SEEDS[@]}"; do
+  for ls in 0.1 0; do
+    at_most "$LSKD_JOBS" "$TEACHERS"
+    if [ "$teacher_seed" = "${TEACHER_SEEDS[0]}" ]; then
+      background score_and_analyse "$(seeded "$TEACHERS/teacher_ls$ls" "$teacher_seed")" "$DATA" "$BEAM"
+    else
+      background evaluate_bleu "$(seeded "$TEACHERS/teacher_ls$ls" "$teacher_seed")" "$DATA" "$BEAM"
+    fi
+  done
 done
 wait_all "teacher evaluation" "$TEACHERS"
 
@@ -62,7 +77,7 @@ student_job() { train_student "$@" && evaluate_bleu "$2" "$DATA" "$BEAM"; }
 for seed in "${SEEDS[@]}"; do
   for t in "${TEMPERATURES[@]}"; do
     for ls in 0.1 0; do
-      word_kd_args kd "$TEACHERS/teacher_ls$ls/checkpoint_last.pt" "$t" "$KD_ALPHA"
+      word_kd_args kd "$(seeded "$TEACHERS/teacher_ls$ls" "$(teacher_seed_of "$seed")")/checkpoint_last.pt" "$t" "$KD_ALPHA"
       background student_job "$DATA/bin" "$RUN/student_wordkd_ls${ls}_T${t}_seed$seed" "$STUDENT_UPDATES" "$seed" "${kd[@]}"
       at_most "$LSKD_JOBS" "$RUN"
     done
@@ -73,6 +88,7 @@ done
 wait_all "students" "$RUN"
 
 stage "report ($(( ($(date +%s) - started) / 60 )) min this run)"
+SEED_NOTE=""; [ "$PER_SEED_TEACHERS" = 0 ] || SEED_NOTE=" (the students of seed s taught by the teachers of seed s)"
 report "$RUN" --summary --note "teachers $TEACHER_UPDATES updates (3+3 layers, 256 \
 dims, from $TEACHERS), students $STUDENT_UPDATES updates (3+3 layers, 128 dims, LS 0), word-KD alpha $KD_ALPHA with the \
-full online teacher distribution, seeds ${SEEDS[*]}, test decoding beam $BEAM"
+full online teacher distribution, seeds ${SEEDS[*]}$SEED_NOTE, test decoding beam $BEAM"

@@ -9,7 +9,8 @@
 #   bash recipes/fmnist_ls_kd.sh [--dry-run]
 #
 # --dry-run prints every command, in order, and runs nothing (no venv, no data needed).
-# Knobs (environment): LSKD_RUN_DIR (runs/fmnist_ls_kd), SEEDS ("1 2 3"), TEMPERATURES ("1 2 3 64"),
+# Knobs (environment): LSKD_RUN_DIR (runs/fmnist_ls_kd), LSKD_SEEDS ("1 2 3": the students' seeds, over which
+# lskd-report tests each LS-vs-non-LS gap; SEEDS, the old name, still works), TEMPERATURES ("1 2 3 64"),
 # IMBALANCE_RATIOS ("1 100"; 1 = balanced), KD_ALPHA (1: soft labels only, as Shen et al. and
 # ReActNet), TEACHER_LS (0.1), EPOCHS (the configs' 30), TRAIN_LIMIT (first N training images: smoke
 # runs), NPROC (torchrun workers per run, 1), LSKD_DATA_DIR (your own copy of Fashion-MNIST),
@@ -24,13 +25,13 @@ if [ "${1:-}" = --dry-run ]; then export LSKD_DRY_RUN=1; shift; fi
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh" plots  # matplotlib: the picture and the report's plot
 source "$LSKD_ROOT/recipes/lib.sh"
 RUN=${LSKD_RUN_DIR:-$LSKD_ROOT/runs/fmnist_ls_kd}
-read -r -a SEEDS <<< "${SEEDS:-1 2 3}"
+student_seeds "1 2 3" old
 read -r -a TEMPERATURES <<< "${TEMPERATURES:-1 2 3 64}"
 read -r -a IMBALANCE_RATIOS <<< "${IMBALANCE_RATIOS:-1 100}"
 KD_ALPHA=${KD_ALPHA:-1}
 TEACHER_LS=${TEACHER_LS:-0.1}
 NPROC=${NPROC:-1}
-knobs number TEMPERATURES "${TEMPERATURES[@]}"; knobs integer SEEDS "${SEEDS[@]}"; knobs number KD_ALPHA "$KD_ALPHA"
+knobs number TEMPERATURES "${TEMPERATURES[@]}"; knobs number KD_ALPHA "$KD_ALPHA"
 knobs number IMBALANCE_RATIOS "${IMBALANCE_RATIOS[@]}"; knobs number TEACHER_LS "$TEACHER_LS"; knobs integer NPROC "$NPROC"
 read -r -a PICTURE <<< "${PICTURE_CLASSES:-Shirt T-shirt/top Sneaker}"
 COMMON=()  # --set values shared by every run

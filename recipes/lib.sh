@@ -213,9 +213,9 @@ train_model() {
     --log-format simple --log-interval 50
 }
 
-# train_teacher BIN_DIR SAVE_DIR LABEL_SMOOTHING UPDATES
+# train_teacher BIN_DIR SAVE_DIR LABEL_SMOOTHING UPDATES [SEED]: SEED 1 unless given
 train_teacher() {
-  train_model "$1" "$2" "$4" 1 "${TEACHER_ARCH[@]}" --criterion label_smoothed_cross_entropy --label-smoothing "$3"
+  train_model "$1" "$2" "$4" "${5:-1}" "${TEACHER_ARCH[@]}" --criterion label_smoothed_cross_entropy --label-smoothing "$3"
 }
 
 # train_student BIN_DIR SAVE_DIR UPDATES SEED [CRITERION_ARGS...]: the student architecture, without
@@ -267,4 +267,78 @@ penultimate_picture() {
   once "${out%.png}.done" "${out%.png}.log" "$@" "$data/prep.json" -- lskd-eval project --checkpoints "$@" \
     --data "$data" --split test --tokens "${tokens[@]}" --out "$out" || return 1
   say "$out"
+}
+
+# --- Seeds: every student per seed (LSKD_SEEDS), and with LSKD_TEACHER_SEEDS the teachers too ----------
+# The paper's claim is about teachers: one student per teacher compares two trained models, whose
+# difference training variance can exceed; lskd-report tests the LS-vs-non-LS gap over seeds instead.
+
+# student_seeds DEFAULT [OLD]: the array SEEDS from LSKD_SEEDS (default DEFAULT), or with OLD ("old") from
+# SEEDS, the recipe's old name for it (still read, with a deprecation line); SEEDS_KNOB names the variable
+# it came from. Seeds are non-negative integers, none repeated (two jobs would train into one directory).
+student_seeds() {
+  local default=$1 old="" seed seen=" "
+  [ "${2:-}" != old ] || old=${SEEDS:-}
+  SEEDS_KNOB=LSKD_SEEDS
+  if [ -n "$old" ]; then
+    echo "$(basename "$0"): SEEDS is deprecated and will be removed: use LSKD_SEEDS" >&2
+    [ -n "${LSKD_SEEDS:-}" ] || { default=$old; SEEDS_KNOB=SEEDS; }
+  fi
+  read -r -a SEEDS <<< "${LSKD_SEEDS:-$default}"
+  knobs integer "$SEEDS_KNOB" "${SEEDS[@]}"
+  for seed in "${SEEDS[@]}"; do
+    [[ $seen != *" $seed "* ]] || { echo "$(basename "$0"): error: $SEEDS_KNOB repeats seed $seed" >&2; exit 2; }
+    seen+="$seed "
+  done
+}
+
+# teacher_seeds DEFAULT_STUDENT_SEEDS [OLD]: SEEDS (as student_seeds) and TEACHER_SEEDS, the seeds teachers are
+# trained with: "1" (default: the seed-1 teachers teach the students of every seed), or with
+# LSKD_TEACHER_SEEDS the students' own seeds (the students of seed s learn from the teachers of seed s, so
+# a seed is one replicate of the whole experiment); LSKD_SEEDS then defaults to LSKD_TEACHER_SEEDS and any
+# other list is refused. PER_SEED_TEACHERS is 1 in that case.
+teacher_seeds() {
+  local default=$1 old=${2:-} seeds
+  PER_SEED_TEACHERS=0; TEACHER_SEEDS=(1)
+  if [ -n "${LSKD_TEACHER_SEEDS:-}" ]; then
+    read -r -a seeds <<< "$LSKD_TEACHER_SEEDS"
+    knobs integer LSKD_TEACHER_SEEDS "${seeds[@]}"
+    default=$LSKD_TEACHER_SEEDS
+  fi
+  student_seeds "$default" "$old"
+  if [ -n "${LSKD_TEACHER_SEEDS:-}" ]; then
+    if [ "${seeds[*]}" != "${SEEDS[*]}" ]; then
+      echo "$(basename "$0"): error: LSKD_TEACHER_SEEDS='${seeds[*]}' must be the students' seeds ($SEEDS_KNOB='${SEEDS[*]}'): the students of seed s learn from the teachers of seed s" >&2
+      exit 2
+    fi
+    PER_SEED_TEACHERS=1; TEACHER_SEEDS=("${SEEDS[@]}")
+  fi
+}
+
+# teacher_seed_of SEED: the seed of the teachers the students of SEED learn from
+teacher_seed_of() { if [ "$PER_SEED_TEACHERS" = 1 ]; then echo "$1"; else echo 1; fi; }
+
+# seeded DIR SEED: DIR for seed 1 (the paths of a one-seed run, so an existing run is not redone),
+# DIR_seedSEED otherwise (lskd-report takes a trailing _seedN for the seed of one setting)
+seeded() { if [ "$2" = 1 ]; then echo "$1"; else echo "$1_seed$2"; fi; }
+
+# seed_design RUN_DIR: one run directory holds one design for seeds other than 1: students taught by the
+# seed-1 teachers, or by the teachers of their own seed. A student directory keeps its checkpoint when
+# its teacher changes (train_model), so a switch would silently keep students of the other teachers: it
+# is refused. The design is recorded in RUN_DIR/seed_design; a directory without it that has students of
+# another seed than 1 was made by the seed-1 teachers. Seed 1 alone is the same under both: not checked.
+seed_design() {
+  local run=$1 design="students of every seed taught by the seed-1 teachers" recorded
+  [ "$PER_SEED_TEACHERS" = 0 ] || design="students of seed s taught by the teachers of seed s (LSKD_TEACHER_SEEDS)"
+  [ "$LSKD_DRY_RUN" != 1 ] && [ "${SEEDS[*]}" != 1 ] || return 0  # seed 1 alone is the same under both designs
+  if [ -f "$run/seed_design" ]; then
+    recorded=$(< "$run/seed_design")
+  elif [ -n "$(find "$run" -maxdepth 1 -name 'student_*_seed*' ! -name '*_seed1' 2>/dev/null | head -n 1)" ]; then
+    recorded="students of every seed taught by the seed-1 teachers"
+  fi
+  if [ -n "${recorded:-}" ] && [ "$recorded" != "$design" ]; then
+    echo "$(basename "$0"): error: $run holds $recorded ($run/seed_design); for $design give another LSKD_RUN_DIR" >&2
+    exit 2
+  fi
+  mkdir -p "$run" && echo "$design" > "$run/seed_design"
 }

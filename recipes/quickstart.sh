@@ -31,7 +31,14 @@
 #                                    teacher loops on every sentence; "" keeps them all)
 #   LSKD_SPEED_ENGINES="E..."        engines lskd-eval speed measures each system with, at 1 thread
 #                                    (default "fairseq ct2-int8"; ct2-int8 fills the report's columns)
-#   LSKD_SEED=S                      the students' seed (default 1; teachers always use seed 1)
+#   LSKD_SEEDS="S..."                the students' seeds (default "$LSKD_SEED", else 1): every student is
+#                                    trained per seed from the same teachers, and lskd-report tests the
+#                                    LS-vs-non-LS gap over seeds (a paired t-test); the first seed's students
+#                                    get every measurement, the others BLEU. "1 2 3": see the README for time
+#   LSKD_TEACHER_SEEDS="S..."        also train the teachers per seed: the students of seed s learn from the
+#                                    teachers of seed s (LSKD_SEEDS must then be the same seeds); unset: the
+#                                    seed-1 teachers teach every seed
+#   LSKD_SEED=S                      one seed for the students (the older knob; LSKD_SEEDS takes a list)
 #   LSKD_RUN_DIR=DIR                 where checkpoints, logs and scores go (default runs/quickstart,
 #                                    runs/quickstart-smoke for the smoke profile)
 #   LSKD_DATA_DIR=DIR                where the prepared corpus goes (default data/bible-de-en-4k)
@@ -64,9 +71,11 @@ DISTILL_BEAM=${LSKD_DISTILL_BEAM:-5}
 read -r -a DISTILL_ENGINE <<< "${LSKD_DISTILL_ENGINE:---engine ctranslate2 --quantization int8}"
 read -r -a DISTILL_FILTER <<< "${LSKD_DISTILL_FILTER-$FILTER}"
 read -r -a SPEED_ENGINES <<< "${LSKD_SPEED_ENGINES:-fairseq ct2-int8}"
-SEED=${LSKD_SEED:-1}
 knobs integer LSKD_TEACHER_UPDATES "$UPDATES"; knobs integer LSKD_STUDENT_UPDATES "$STUDENT_UPDATES"
-knobs number LSKD_KD_ALPHA "$KD_ALPHA"; knobs integer LSKD_DISTILL_BEAM "$DISTILL_BEAM"; knobs integer LSKD_SEED "$SEED"
+knobs number LSKD_KD_ALPHA "$KD_ALPHA"; knobs integer LSKD_DISTILL_BEAM "$DISTILL_BEAM"; knobs integer LSKD_SEED "${LSKD_SEED:-1}"
+teacher_seeds "${LSKD_SEED:-1}"
+FIRST_SEED=${SEEDS[0]}
+SEED_WORDS="seed ${SEEDS[*]}"; [ ${#SEEDS[@]} = 1 ] || SEED_WORDS="seeds ${SEEDS[*]}"
 SUFFIX=""; [ "$PROFILE" != smoke ] || SUFFIX=-smoke
 RUN=${LSKD_RUN_DIR:-runs/quickstart$SUFFIX}
 DATA=${LSKD_DATA_DIR:-data/bible-de-en-4k$SUFFIX}
@@ -88,19 +97,36 @@ if [[ $RUN == /* ]]; then DATA=$(realpath -m "$DATA"); fi
 TOKENS=${LSKD_PICTURE_TOKENS:-▁God ▁Lord ▁water}
 [ "$LSKD_DRY_RUN" = 1 ] || check_picture_tokens "$DATA" "$TOKENS"
 PICTURE=${TOKENS//▁/}; PICTURE=$RUN/plots/penultimate_${PICTURE// /_}.png
+seed_design "$RUN"
 
 # Jobs: score a model (BLEU with fairseq, stability, speed and int8 BLEU); train a student and score
-# it; decode a teacher's corpus, then train a sequence-level KD student on it.
+# it; decode a teacher's corpus, then train the sequence-level KD students of one or more seeds on it.
+# The first seed's models get every measurement; the other seeds' BLEU, all that the test over seeds needs.
 evaluate_job() { score_and_analyse "$1" "$DATA" "$BEAM" && measure_speed "$1" "$DATA" "$BEAM" "${SPEED_ENGINES[@]}"; }
-student_job() { train_student "$@" && evaluate_job "$2"; }
-seqkd_job() {  # seqkd_job TEACHER_DIR DISTILLED_DIR STUDENT_DIR
-  distill_corpus "$1" "$DATA" "$2" "$DISTILL_BEAM" "${DISTILL_ENGINE[@]}" "${DISTILL_FILTER[@]}" \
-    && student_job "$2/bin" "$3" "$STUDENT_UPDATES" "$SEED"
+evaluate_seed() {  # evaluate_seed DIR SEED FIRST_SEED
+  if [ "$2" = "$3" ]; then evaluate_job "$1"; else evaluate_bleu "$1" "$DATA" "$BEAM"; fi
+}
+student_job() { train_student "$@" && evaluate_seed "$2" "$4" "$FIRST_SEED"; }
+seqkd_job() {  # seqkd_job TEACHER_DIR DISTILLED_DIR LS SEED...: one decoding of the teacher, then a student per SEED
+  local teacher=$1 distilled=$2 ls=$3 seed; shift 3
+  distill_corpus "$teacher" "$DATA" "$distilled" "$DISTILL_BEAM" "${DISTILL_ENGINE[@]}" "${DISTILL_FILTER[@]}" || return 1
+  for seed in "$@"; do
+    student_job "$distilled/bin" "$RUN/student_seqkd_ls${ls}_seed$seed" "$STUDENT_UPDATES" "$seed" || return 1
+  done
+}
+# seeds_taught_by TEACHER_SEED: the student seeds that learn from the teachers of TEACHER_SEED
+seeds_taught_by() {
+  local seed taught=()
+  for seed in "${SEEDS[@]}"; do [ "$(teacher_seed_of "$seed")" != "$1" ] || taught+=("$seed"); done
+  echo "${taught[*]}"
 }
 
-stage "train two teachers side by side, $UPDATES updates each: label smoothing 0.1 and 0"
-for ls in 0.1 0; do
-  background train_teacher "$DATA/bin" "$RUN/teacher_ls$ls" "$ls" "$UPDATES"
+stage "train the teachers, $LSKD_JOBS at a time, $UPDATES updates each: label smoothing 0.1 and 0 (seed ${TEACHER_SEEDS[*]})"
+for teacher_seed in "${TEACHER_SEEDS[@]}"; do
+  for ls in 0.1 0; do
+    at_most "$LSKD_JOBS" "$RUN"
+    background train_teacher "$DATA/bin" "$(seeded "$RUN/teacher_ls$ls" "$teacher_seed")" "$ls" "$UPDATES" "$teacher_seed"
+  done
 done
 wait_all "teacher training" "$RUN"
 
@@ -108,34 +134,58 @@ wait_all "teacher training" "$RUN"
 # beside the same kind of job. (One pool of every job after the teachers, in two orders, took the same
 # 54-55 min, and measured a teacher's words/s beside a distillation: 902 instead of 1,118.)
 stage "score both teachers on the test split (beam $BEAM), analyse them (stability 1 - S, calibration), measure their speed (${SPEED_ENGINES[*]}, 1 thread)"
-for ls in 0.1 0; do
-  background evaluate_job "$RUN/teacher_ls$ls"
+for teacher_seed in "${TEACHER_SEEDS[@]}"; do
+  for ls in 0.1 0; do
+    at_most "$LSKD_JOBS" "$RUN"
+    background evaluate_seed "$(seeded "$RUN/teacher_ls$ls" "$teacher_seed")" "$teacher_seed" "${TEACHER_SEEDS[0]}"
+  done
 done
 wait_all "teacher evaluation" "$RUN"
 
-stage "students ($STUDENT_UPDATES updates each, seed $SEED, $LSKD_JOBS at a time): word-level KD at T = 1 (alpha $KD_ALPHA) and sequence-level KD (beam $DISTILL_BEAM, ${DISTILL_ENGINE[*]}) from each teacher, and the gold-data baseline"
-# Longest jobs first, so the cores finish together.
+stage "students ($STUDENT_UPDATES updates each, $SEED_WORDS, $LSKD_JOBS at a time): word-level KD at T = 1 (alpha $KD_ALPHA) and sequence-level KD (beam $DISTILL_BEAM, ${DISTILL_ENGINE[*]}) from each teacher, and the gold-data baseline"
+# Longest jobs first, so the cores finish together: per teacher its decodings (each followed by the
+# sequence-level KD students it teaches) and the first seed's word-level KD student, then the other
+# seeds' word-level KD students, then the gold baselines.
+wordkd_job() {  # wordkd_job LS SEED
+  word_kd_args kd "$(seeded "$RUN/teacher_ls$1" "$(teacher_seed_of "$2")")/checkpoint_last.pt" 1 "$KD_ALPHA"
+  student_job "$DATA/bin" "$RUN/student_wordkd_ls${1}_T1_seed$2" "$STUDENT_UPDATES" "$2" "${kd[@]}"
+}
 for ls in 0.1 0; do
-  teacher=$RUN/teacher_ls$ls
-  background seqkd_job "$teacher" "$RUN/distilled_ls$ls" "$RUN/student_seqkd_ls${ls}_seed$SEED"
-  at_most "$LSKD_JOBS" "$RUN"
-  word_kd_args kd "$teacher/checkpoint_last.pt" 1 "$KD_ALPHA"
-  background student_job "$DATA/bin" "$RUN/student_wordkd_ls${ls}_T1_seed$SEED" "$STUDENT_UPDATES" "$SEED" "${kd[@]}"
+  for teacher_seed in "${TEACHER_SEEDS[@]}"; do
+    read -r -a taught <<< "$(seeds_taught_by "$teacher_seed")"
+    background seqkd_job "$(seeded "$RUN/teacher_ls$ls" "$teacher_seed")" "$(seeded "$RUN/distilled_ls$ls" "$teacher_seed")" \
+      "$ls" "${taught[@]}"
+    at_most "$LSKD_JOBS" "$RUN"
+  done
+  background wordkd_job "$ls" "$FIRST_SEED"
   at_most "$LSKD_JOBS" "$RUN"
 done
-background student_job "$DATA/bin" "$RUN/student_gold_seed$SEED" "$STUDENT_UPDATES" "$SEED"
+for seed in "${SEEDS[@]:1}"; do
+  for ls in 0.1 0; do
+    background wordkd_job "$ls" "$seed"
+    at_most "$LSKD_JOBS" "$RUN"
+  done
+done
+for seed in "${SEEDS[@]}"; do
+  background student_job "$DATA/bin" "$RUN/student_gold_seed$seed" "$STUDENT_UPDATES" "$seed"
+  at_most "$LSKD_JOBS" "$RUN"
+done
 wait_all "students" "$RUN"
 
 stage "draw both teachers' penultimate layers"
 penultimate_picture "$PICTURE" "$DATA" "$TOKENS" \
-  "$RUN/teacher_ls0.1/checkpoint_last.pt" "$RUN/teacher_ls0/checkpoint_last.pt"
+  "$(seeded "$RUN/teacher_ls0.1" "${TEACHER_SEEDS[0]}")/checkpoint_last.pt" "$(seeded "$RUN/teacher_ls0" "${TEACHER_SEEDS[0]}")/checkpoint_last.pt"
 
 stage "results ($(( ($(date +%s) - started) / 60 )) min this run)"
+SEED_NOTE=""  # a one-seed run's note (the report's command) stays as it was
+if [ "$PER_SEED_TEACHERS" = 1 ]; then SEED_NOTE="; teachers per seed: the students of seed s learn from the teachers of seed s"
+elif [ ${#SEEDS[@]} -gt 1 ]; then SEED_NOTE="; every seed taught by the seed-1 teachers"; fi
+[ ${#SEEDS[@]} = 1 ] || SEED_NOTE+="; stability, ECE and speed of seed $FIRST_SEED only"
 scores=("$RUN"/*/eval/bleu-test.json)
 once "$RUN/table.done" "$RUN/table.log" "${scores[@]}" -- lskd-eval table "${scores[@]}"
 [ "$LSKD_DRY_RUN" = 1 ] || cat "$RUN/table.log"
 report "$RUN" --summary --note "profile $PROFILE: teachers $UPDATES updates (3+3 layers, 256 dims), \
-students $STUDENT_UPDATES updates (3+3 layers, 128 dims, LS 0, seed $SEED), word-KD T = 1 alpha $KD_ALPHA with the \
+students $STUDENT_UPDATES updates (3+3 layers, 128 dims, LS 0, $SEED_WORDS${SEED_NOTE}), word-KD T = 1 alpha $KD_ALPHA with the \
 full online teacher distribution, sequence-level KD on the teacher's beam-$DISTILL_BEAM decoding of every training \
 source (${DISTILL_ENGINE[*]} ${DISTILL_FILTER[*]}), test decoding beam $BEAM (BLEU: fairseq; speed: ${SPEED_ENGINES[*]} at 1 thread), \
 $LSKD_JOBS jobs side by side on $LSKD_CORES cores."

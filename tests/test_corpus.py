@@ -1,6 +1,5 @@
 """Strict reading of parallel text: line ends, line counts, bad bytes, empty splits and empty sides."""
 import io
-import json
 import sqlite3
 import tarfile
 
@@ -111,12 +110,11 @@ def test_every_reader_keeps_a_line_break_character_inside_its_line(tmp_path, cha
     assert read_lines(paths["test"][1]) == ["en one", f"en{char}two"]
 
     # chunks of lskd-distill-corpus, written as it writes them
-    from data_prep.distill import chunk_path, collect
+    from data_prep.distill import chunk_path, collect, write_chunk
 
     rows = [{"id": i, "status": "decoded", "pieces": f"\u2581{line}"} for i, line in enumerate(en)]
-    chunk_path(tmp_path, 0, 3).parent.mkdir()
-    chunk_path(tmp_path, 0, 3).write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
-    assert collect(tmp_path, 3, 3) == rows
+    write_chunk(chunk_path(tmp_path, 0, 3), rows, "inputs", {"seconds": 0.0})
+    assert collect(tmp_path, 3, 3, fingerprint="inputs") == rows
 
     # Bible verses: one database row is one line, whatever it holds
     from data_prep.bible import extract_parallel

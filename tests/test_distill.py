@@ -162,8 +162,9 @@ def test_seq_inter_keeps_the_hypothesis_closest_to_the_reference_not_the_best_sc
     nbest = {0: [Hypothesis("▁the ▁darkness ▁has ▁not", -0.1), Hypothesis("▁the ▁light ▁shines ▁in ▁the ▁darkness", -0.9)],
              1: [Hypothesis("▁the ▁darkness ▁has ▁not ▁overcome ▁it", -0.2), Hypothesis("▁the ▁light", -0.3)]}
     sentence_bleu = bleu_metric(tokenize="13a", sentence=True) if seq_inter else None
-    run_chunks(FakeEngine(nbest), tmp_path, chunk_ranges(2, 1), references, piece_model, sentence_bleu, None)
-    kept = [row["pieces"] for row in collect(tmp_path, 2, 1)]
+    run_chunks(FakeEngine(nbest), tmp_path, chunk_ranges(2, 1), references, piece_model, sentence_bleu, None,
+               fingerprint="f")
+    kept = [row["pieces"] for row in collect(tmp_path, 2, 1, fingerprint="f")]
     # Seq-Inter: the second hypothesis of sentence 0 equals its reference; the first of sentence 1 does
     assert kept == [nbest[0][1].pieces if seq_inter else nbest[0][0].pieces, nbest[1][0].pieces]
 
@@ -182,8 +183,8 @@ def test_seq_inter_on_chinese_compares_characters_with_sacrebleus_zh_tokenizer(t
     pieces = [" ".join(processor.encode(line, out_type=str)) for line in far + close]
     nbest = {i: [Hypothesis(pieces[i], -0.1), Hypothesis(pieces[2 + i], -0.5)] for i in range(2)}  # far scores best
     run_chunks(FakeEngine(nbest), tmp_path, chunk_ranges(2, 2), references, tmp_path / "spm.model",
-               bleu_metric(tokenize=tokenize, sentence=True), None)
-    kept = [row["pieces"] for row in collect(tmp_path, 2, 2)]
+               bleu_metric(tokenize=tokenize, sentence=True), None, fingerprint="f")
+    kept = [row["pieces"] for row in collect(tmp_path, 2, 2, fingerprint="f")]
     # 13a sees each line as one word: every hypothesis scores 0 and the best-scoring one stays
     assert kept == (pieces[2:] if tokenize == "zh" else pieces[:2])
 
@@ -305,7 +306,8 @@ def test_filter_counts_every_reason_and_copy_reference_keeps_the_gold_pair(slice
     args = ["--data", str(data), "--teacher-path", str(teacher), "--out", str(out), *FAST, "--engine", engine,
             "--filter", "--min-length-ratio", "0.1", "--max-length-ratio", "0.5", "--score-quantile", "0.1"]
     # the outcome of each row, computed here independently of lskd.distilled_data
-    rows = collect(out, 1001, 300)
+    decoded_under = DistillOptions(**json.loads((out / "options.json").read_text())).fingerprint
+    rows = collect(out, 1001, 300, fingerprint=decoded_under)
     sources = (data / "spm" / "train.de").read_text(encoding="utf-8").splitlines()
     scores = sorted(r["score"] for r in rows)  # lenpen 1: fairseq's score is already per token
     threshold = scores[int(0.1 * len(scores))]

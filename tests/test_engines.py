@@ -82,7 +82,7 @@ def test_decoding_commands_give_ctranslate2_one_mkl_thread_and_fairseq_its_torch
 
     def record_environment(*args, **kwargs):
         seen.append(os.environ["MKL_NUM_THREADS"])
-        return {"scores": {}}
+        return {"scores": {}, "warnings": []}
 
     monkeypatch.setattr(eval.cli, "evaluate", record_environment)
     monkeypatch.setattr(fairseq_plugins.decoding, "open_engine", record_environment)

@@ -1,7 +1,11 @@
 """One way to report a known error from every console script: one line, exit status 2, traceback on demand."""
+import contextlib
+import errno
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -247,3 +251,154 @@ def test_distillation_flags_that_would_do_nothing_are_refused(tmp_path, capsys, 
     with_their_use = ["--seq-inter"] if flags[0] == "--nbest" else ["--filter"]
     assert main(argv + flags + with_their_use) == 2
     assert "teacher checkpoint not found" in capsys.readouterr().err  # accepted: the next check stops it
+
+
+# -- a read-only or full output location: one line naming it, before any expensive work ---------------------------
+
+def _work_done(what):
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"{what} ran before the output location was checked")
+    return refuse
+
+
+def _corpus(tmp_path):
+    """A tiny parallel corpus outside the output location: PREFIX.de / PREFIX.en per split."""
+    for split in ("train", "valid", "test"):
+        for lang in ("de", "en"):
+            (tmp_path / f"{split}.{lang}").write_text("ein Satz\nnoch einer\n" if lang == "de" else "a line\nanother\n")
+    return [f"--{split}={tmp_path / split}" for split in ("train", "valid", "test")]
+
+
+def _fake_module(monkeypatch, name, **functions):
+    """``name`` in sys.modules as a module of ``functions`` (the expensive step, which must not run)."""
+    import types
+
+    module = types.ModuleType(name)
+    module.__dict__.update(functions)
+    monkeypatch.setitem(sys.modules, name, module)
+
+
+def _disk_scripts():
+    """script -> (main, argv for an output location LOC and inputs under TMP, work that must not run first).
+    ``work(monkeypatch)`` replaces the expensive step with one that fails the test if it runs."""
+    import data_prep.bible
+    import data_prep.pipeline
+    import eval.vision_project
+    from data_prep.cli import main as prepare_main
+    from eval.export import main as export_main
+    from eval.report import main as report_main
+    from lskd.train.cli import main as train_main
+
+    def train_argv(loc, tmp):
+        (tmp / "c.yaml").write_text("model:\n  name: resnet8\n")
+        return [str(tmp / "c.yaml"), "--out-dir", str(loc / "run")]
+
+    return {
+        "lskd-prepare bible": (prepare_main, lambda loc, tmp: ["bible", "--out", str(loc / "out")],
+                               lambda mp: mp.setattr(data_prep.bible, "fetch_bible_db", _work_done("the Bible's fetch"))),
+        "lskd-prepare text": (prepare_main,
+                              lambda loc, tmp: ["text", "--src", "de", "--tgt", "en", "--out", str(loc / "out"),
+                                                *_corpus(tmp)],
+                              lambda mp: mp.setattr(data_prep.pipeline, "normalise", _work_done("normalisation"))),
+        "lskd-prepare iwslt14": (prepare_main, lambda loc, tmp: ["iwslt14", "--archive", str(tmp / "de-en.tgz"),
+                                                                 "--out", str(loc / "out")],
+                                 lambda mp: _fake_module(mp, "data_prep.iwslt14",
+                                                         extract_iwslt14=_work_done("the archive's extraction"))),
+        "lskd-export": (export_main, lambda loc, tmp: ["--checkpoint", str(tmp / "c.pt"), "--data",
+                                                       str(fake_prepared(tmp / "data")), "--out", str(loc / "model")],
+                        lambda mp: _fake_module(mp, "fairseq_plugins.ctranslate2_export",
+                                                export_checkpoint=_work_done("the export"))),
+        "lskd-report": (report_main, lambda loc, tmp: [str(loc)], lambda mp: None),  # reads a few records: no work
+        "lskd-train": (train_main, train_argv,
+                       lambda mp: _fake_module(mp, "lskd.train.trainer", Trainer=_work_done("training"))),
+        "lskd-vision-project": (eval.vision_project.main,
+                                lambda loc, tmp: ["--checkpoints", str(tmp / "c.pt"), "--classes", "a", "b", "c",
+                                                  "--out", str(loc / "p.png")],
+                                lambda mp: mp.setattr(eval.vision_project, "penultimate_points",
+                                                      _work_done("the activations"))),
+    }
+
+
+DISK_SCRIPTS = ["lskd-prepare bible", "lskd-prepare text", "lskd-prepare iwslt14", "lskd-export", "lskd-report",
+                "lskd-train", "lskd-vision-project"]
+DISK_ERRORS = {"read-only": errno.EROFS, "full": errno.ENOSPC}
+
+
+def refuse_writes(monkeypatch, location, code):
+    """Every directory made and every file opened for writing under ``location`` fails with ``code``, as
+    on a read-only (EROFS) or full (ENOSPC) disk: ``os.open`` (tempfile's probe), ``open`` and ``os.mkdir``."""
+    import builtins
+    import io
+
+    root = location.resolve()
+    real_open, real_os_open, real_mkdir = builtins.open, os.open, os.mkdir
+
+    def under(path):
+        return isinstance(path, (str, bytes, os.PathLike)) and Path(os.fsdecode(path)).resolve().is_relative_to(root)
+
+    def refuse(path):
+        raise OSError(code, os.strerror(code), os.fsdecode(path))
+
+    def os_open(path, flags, *args, **kwargs):
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT) and under(path):
+            refuse(path)
+        return real_os_open(path, flags, *args, **kwargs)
+
+    def open_(file, mode="r", *args, **kwargs):
+        if any(c in mode for c in "wax+") and under(file):
+            refuse(file)
+        return real_open(file, mode, *args, **kwargs)
+
+    def mkdir(path, *args, **kwargs):
+        if under(path) and not os.path.exists(path):  # an existing directory is EEXIST, even read-only
+            refuse(path)
+        return real_mkdir(path, *args, **kwargs)
+
+    for module, name, replacement in ((os, "open", os_open), (builtins, "open", open_), (io, "open", open_),
+                                      (os, "mkdir", mkdir)):
+        monkeypatch.setattr(module, name, replacement)
+
+
+@pytest.fixture
+def disk(request, tmp_path, monkeypatch):
+    """(location, errno): a directory that cannot be written, read-only or full; injected errors, or a real
+    64 KiB tmpfs where this process may mount one (root), else skipped."""
+    kind, how = request.param
+    location = tmp_path / "disk"
+    location.mkdir()
+    if how == "injected":
+        refuse_writes(monkeypatch, location, DISK_ERRORS[kind])
+        yield location, DISK_ERRORS[kind]
+        return
+    options = "size=64k,ro" if kind == "read-only" else "size=64k"
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(location)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (not root, or no mount permission)")
+    try:
+        if kind == "full":
+            filler = os.open(location / "filler", os.O_WRONLY | os.O_CREAT)
+            with contextlib.suppress(OSError):
+                while os.write(filler, b"\0" * 4096):
+                    pass
+            os.close(filler)
+        yield location, DISK_ERRORS[kind]
+    finally:
+        subprocess.run(["umount", "-l", str(location)], check=True)
+
+
+@pytest.mark.parametrize("disk", [(kind, how) for kind in DISK_ERRORS for how in ("injected", "tmpfs")], indirect=True,
+                         ids=lambda param: "-".join(param))
+@pytest.mark.parametrize("script", DISK_SCRIPTS)
+def test_an_output_location_that_cannot_be_written_is_one_line_before_any_work(tmp_path, capsys, monkeypatch, disk,
+                                                                                script):
+    """Before: lskd-prepare bible fetched the Bible, lskd-train read the data and trained, lskd-export and
+    lskd-vision-project did their work, all before the first write failed."""
+    monkeypatch.delenv("LSKD_DEBUG", raising=False)
+    location, code = disk
+    main, argv, work = _disk_scripts()[script]
+    argv = argv(location, tmp_path)
+    work(monkeypatch)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{script.split()[0]}: error: {location}"), err
+    assert os.strerror(code) in lines[0] and "Traceback" not in err

@@ -110,7 +110,9 @@ def test_summary_compares_the_students_of_ls_and_plain_teachers(tmp_path):
     assert [r.system for r in rows if r.is_teacher] == ["teacher_ls0", "teacher_ls0.1"]
     lines = summary_lines(rows)
     assert lines[1] == ("seq-KD beam 1 students: teacher LS 0: BLEU 12.00 | teacher LS 0.1: BLEU 12.50 "
-                        "(LS teacher - non-LS teacher: +0.50 BLEU)")
+                        "(LS teacher - non-LS teacher: +0.50 BLEU on seed 1 alone: this compares two trained models, "
+                        "not an LS teacher with a non-LS teacher; training variance is not measured (LSKD_SEEDS=\"1 2 3\" "
+                        "trains every student per seed and tests the difference over seeds))")
     assert lines[2] == "CE students without a teacher: BLEU 11.00"
 
 
@@ -208,14 +210,28 @@ def test_the_tokenizer_choice_is_sacrebleus_own():
 
 
 @pytest.mark.slow
-def test_bleu_of_a_chinese_target_is_tokenized_for_chinese(bible_en_zh, en_zh_checkpoint, tmp_path):
-    """lskd-eval bleu takes the target language from prep.json, as sacrebleu -l en-zh does."""
+def test_bleu_of_a_chinese_target_is_tokenized_for_chinese(bible_en_zh, en_zh_checkpoint, tmp_path, capsys):
+    """lskd-eval bleu takes the target language from prep.json, as sacrebleu -l en-zh does. It scores in NFC (the
+    same numbers: this Chinese is in NFC) and names the references' fullwidth punctuation, which SentencePiece's
+    NFKC folds, so that the model never writes it (issue 27)."""
+    import unicodedata
+
+    from lskd.corpus import read_lines
+
     assert eval_main(["bleu", "--checkpoint", str(en_zh_checkpoint), "--data", str(bible_en_zh), "--split", "valid",
                       "--beam", "1", "--out", str(tmp_path)]) == 0
     record = json.loads((tmp_path / "bleu-valid.json").read_text())
     assert "|tok:zh|" in record["scores"]["bleu"]["signature"]
     expected = sacrebleu_cli(record["references_file"], record["hypotheses_file"], "-l", "en-zh")
     assert record["scores"]["bleu"]["score"] == expected
+    out = capsys.readouterr().out
+    assert record["scores"]["bleu"]["unicode_form"] == "nfc" and "; unicode form: nfc)" in out
+    references = read_lines(record["references_file"])
+    folded = sum(unicodedata.normalize("NFKC", line) != line for line in references)
+    warning = (f"{record['references_file']}: {folded} of {len(references)} lines "
+               f"({100 * folded / len(references):.1f} %) hold compatibility characters")
+    assert folded > len(references) / 2 and f"warning: {warning}" in out
+    assert [w for w in record["warnings"] if w.startswith(warning)]
 
 
 @pytest.mark.slow
@@ -487,7 +503,8 @@ def test_a_damaged_record_stops_the_report_naming_the_file(tmp_path, capsys, dam
     assert len(error) == 1 and error[0].startswith(f"lskd-report: error: {record}: {message}"), error
 
 
-def test_the_ls_gap_says_whether_paired_bootstrap_resolves_it(tmp_path):
+def test_a_one_seed_ls_gap_says_whether_the_two_models_differ_never_that_it_is_resolved(tmp_path):
+    """Issue 29: a paired bootstrap resamples sentences: it speaks of two trained models, not of LS teachers."""
     def seqkd(teacher):
         return {"method": "seq-KD", "label_smoothing": 0, "teacher_label_smoothing": [0.1 if teacher == "a" else 0.0],
                 "distill_beam": 5, "distill_teachers": [f"/ckpt/{teacher}.pt"]}
@@ -500,13 +517,13 @@ def test_the_ls_gap_says_whether_paired_bootstrap_resolves_it(tmp_path):
         record |= {"hypotheses_file": str(write(tmp_path / f"{name}.hyp", hyps)), "references_file": str(ref)}
         path.write_text(json.dumps(record))
     line = summary_lines(build_rows(tmp_path))[0]
-    assert line.endswith("(LS teacher - non-LS teacher: +20.00 BLEU, paired bootstrap p = 0.001: the difference is "
-                         "resolved (p < 0.05))")
+    assert line.endswith("; paired bootstrap over test sentences p = 0.001: these two models differ on this test set)")
+    assert "+20.00 BLEU on one seed: this compares two trained models" in line and "resolved" not in line
     write(tmp_path / "student_ls0.hyp", HYPS[:1] + (REFS * 10)[1:])  # now they differ in one sentence of 40
     line = summary_lines(build_rows(tmp_path))[0]
-    assert re.search(r"paired bootstrap p = 0\.[1-9]\d\d: the difference is not resolved at this budget", line), line
+    assert re.search(r"paired bootstrap over test sentences p = 0\.[1-9]\d\d: these two models do not differ measurably", line), line
     write(tmp_path / "student_ls0.hyp", REFS * 10)  # and now in none
-    assert summary_lines(build_rows(tmp_path))[0].endswith("paired bootstrap: the same BLEU, no difference to resolve)")
+    assert summary_lines(build_rows(tmp_path))[0].endswith("paired bootstrap over test sentences: the same BLEU)")
 
 
 def test_the_report_shows_the_loop_rate_length_ratio_and_what_was_left_out_of_a_distilled_corpus(tmp_path):

@@ -41,7 +41,9 @@ def test_a_misspelled_flag_stops_a_recipe_before_anything_runs(tmp_path, recipe,
     ("quickstart.sh", [], "LSKD_STUDENT_UPDATES", "5e2", "integers"),
     ("quickstart.sh", [], "LSKD_KD_ALPHA", "half", "numbers"),
     ("bible_temperature_sweep.sh", [], "TEMPERATURES", "1 two 3", "numbers"),
-    ("fmnist_ls_kd.sh", [], "SEEDS", "1 -2", "integers"),
+    ("fmnist_ls_kd.sh", [], "LSKD_SEEDS", "1 -2", "integers"),
+    ("quickstart.sh", [], "LSKD_SEEDS", "1 two", "integers"),
+    ("bible_temperature_sweep.sh", [], "LSKD_TEACHER_SEEDS", "1 all", "integers"),
     ("iwslt14_de_en.sh", ["/data/de-en.tgz"], "DISTILL_SHARDS", "two", "integers"),
 ])
 def test_a_knob_that_is_not_a_number_stops_the_recipe_naming_it(recipe, args, knob, value, kind):
@@ -62,6 +64,21 @@ def test_an_absolute_run_directory_trains_on_an_absolute_data_directory(recipe):
     assert str(REPO / "data" / "bible-de-en-4k" / "bin") in {c[1] for c in trainings}
     relative = [c for c in dry_run(recipe=recipe) if c[0] == "fairseq-train"]
     assert not any(Path(c[1]).is_absolute() for c in relative)  # a relative run directory keeps its paths
+
+
+@pytest.mark.parametrize("recipe", ["bible_temperature_sweep.sh", "fmnist_ls_kd.sh"])
+def test_the_old_seeds_knob_still_works_with_a_deprecation_line(recipe):
+    def seeds_of(**env: str) -> tuple[set[str], str]:
+        result = subprocess.run(["bash", str(REPO / "recipes" / recipe), "--dry-run"], capture_output=True, text=True,
+                                env={"PATH": "/usr/bin:/bin", **env})
+        assert result.returncode == 0, result.stderr
+        dirs = {re.search(r"_seed(\d+)(?:\s|$)", line).group(1) for line in result.stdout.splitlines()
+                if re.search(r"student_\S*_seed\d+(?:\s|$)", line)}
+        return dirs, result.stderr
+
+    assert seeds_of(SEEDS="4 5") == ({"4", "5"}, f"{recipe}: SEEDS is deprecated and will be removed: use LSKD_SEEDS\n")
+    assert seeds_of(LSKD_SEEDS="6") == ({"6"}, "")
+    assert seeds_of(LSKD_SEEDS="6", SEEDS="4 5")[0] == {"6"}  # the new name wins
 
 
 def test_iwslt14_dry_run_lists_the_whole_grid():
@@ -104,7 +121,7 @@ def test_iwslt14_dry_run_shards_sequence_level_decoding():
 def test_bible_temperature_sweep_dry_run_lists_every_student_and_parses():
     from fairseq import options
 
-    commands = dry_run(recipe="bible_temperature_sweep.sh", SEEDS="1 2", TEMPERATURES="1 2 3 64")
+    commands = dry_run(recipe="bible_temperature_sweep.sh", LSKD_SEEDS="1 2", TEMPERATURES="1 2 3 64")
     trains = [c[1:] for c in commands if c[0] == "fairseq-train"]
     assert len(trains) == 2 + 2 * 2 * 4 + 2  # teachers; per seed 4 T x 2 teachers; a gold student per seed
     assert Counter(c[1] for c in commands if c[0] == "lskd-eval") == {"bleu": len(trains), "stability": 2}
@@ -117,7 +134,7 @@ def test_bible_temperature_sweep_dry_run_lists_every_student_and_parses():
 
 
 def test_bible_temperature_sweep_can_reuse_the_quickstarts_teachers():
-    commands = dry_run(recipe="bible_temperature_sweep.sh", SEEDS="1", TEMPERATURES="2", LSKD_TEACHERS="runs/quickstart")
+    commands = dry_run(recipe="bible_temperature_sweep.sh", LSKD_SEEDS="1", TEMPERATURES="2", LSKD_TEACHERS="runs/quickstart")
     trains = [c for c in commands if c[0] == "fairseq-train"]
     assert len(trains) == 2 + 1  # no teacher is trained
     assert all("runs/quickstart/teacher_ls" in c[c.index("--teacher-path") + 1] for c in trains if "--teacher-path" in c)
@@ -142,6 +159,76 @@ def test_quickstart_dry_run_lists_teachers_students_and_report():
     assert {c[c.index("--max-update") + 1] for c in smoke if c[0] == "fairseq-train"} == {"30"}
 
 
+def arg(command: list[str], flag: str) -> str:
+    return command[command.index(flag) + 1]
+
+
+def test_quickstart_trains_every_student_per_seed_from_the_same_teachers():
+    """Issue 29: LSKD_SEEDS="1 2 3": 5 students per seed from the two seed-1 teachers, one decoding per teacher;
+    the first seed's paths and commands are those of the one-seed run (an existing run is not redone)."""
+    commands = dry_run(recipe="quickstart.sh", LSKD_SEEDS="1 2 3")
+    one_seed = dry_run(recipe="quickstart.sh")
+    assert all(c in commands for c in one_seed if c[0] != "lskd-report")  # unchanged but the report's note
+    trains = [c for c in commands if c[0] == "fairseq-train"]
+    teachers = [c for c in trains if "/teacher_ls" in arg(c, "--save-dir")]
+    assert sorted((arg(c, "--save-dir"), arg(c, "--seed")) for c in teachers) == [
+        ("runs/quickstart/teacher_ls0", "1"), ("runs/quickstart/teacher_ls0.1", "1")]
+    students = {arg(c, "--save-dir").removeprefix("runs/quickstart/"): c for c in trains if c not in teachers}
+    assert sorted(students) == sorted(f"student_{kind}_seed{seed}" for seed in (1, 2, 3) for kind in (
+        "seqkd_ls0.1", "seqkd_ls0", "wordkd_ls0.1_T1", "wordkd_ls0_T1", "gold"))
+    assert all(arg(c, "--seed") == name[-1] for name, c in students.items())
+    for ls in ("0.1", "0"):  # the same teacher and the same decoding for every seed
+        assert {arg(students[f"student_wordkd_ls{ls}_T1_seed{s}"], "--teacher-path") for s in (1, 2, 3)} == {
+            f"runs/quickstart/teacher_ls{ls}/checkpoint_last.pt"}
+        assert {students[f"student_seqkd_ls{ls}_seed{s}"][1] for s in (1, 2, 3)} == {f"runs/quickstart/distilled_ls{ls}/bin"}
+    assert len([c for c in commands if c[0] == "lskd-distill-corpus"]) == 2
+    evaluated = Counter((c[1], arg(c, "--checkpoint").split("/")[2]) for c in commands if c[:2] in (
+        ["lskd-eval", "bleu"], ["lskd-eval", "stability"], ["lskd-eval", "speed"]))
+    assert all(evaluated[("bleu", name)] == 1 for name in students)
+    # the first seed's students are analysed and measured; the other seeds' BLEU is what the test over seeds needs
+    assert {name for (kind, name) in evaluated if kind == "speed"} == {n for n in students if n.endswith("seed1")} | {
+        "teacher_ls0.1", "teacher_ls0"}
+    assert "seeds 1 2 3; every seed taught by the seed-1 teachers" in arg(commands[-1], "--note")
+
+
+def test_quickstart_with_teacher_seeds_trains_a_teacher_pair_per_seed():
+    commands = dry_run(recipe="quickstart.sh", LSKD_TEACHER_SEEDS="1 2")
+    trains = {arg(c, "--save-dir").removeprefix("runs/quickstart/"): c for c in commands if c[0] == "fairseq-train"}
+    assert {name: arg(c, "--seed") for name, c in trains.items() if name.startswith("teacher")} == {
+        "teacher_ls0.1": "1", "teacher_ls0": "1", "teacher_ls0.1_seed2": "2", "teacher_ls0_seed2": "2"}
+    for ls in ("0.1", "0"):  # seed s learns from the teachers of seed s; seed 1 keeps the one-seed paths
+        assert arg(trains[f"student_wordkd_ls{ls}_T1_seed2"], "--teacher-path") == f"runs/quickstart/teacher_ls{ls}_seed2/checkpoint_last.pt"
+        assert arg(trains[f"student_wordkd_ls{ls}_T1_seed1"], "--teacher-path") == f"runs/quickstart/teacher_ls{ls}/checkpoint_last.pt"
+        assert trains[f"student_seqkd_ls{ls}_seed2"][1] == f"runs/quickstart/distilled_ls{ls}_seed2/bin"
+    distill = {arg(c, "--teacher-path"): arg(c, "--out") for c in commands if c[0] == "lskd-distill-corpus"}
+    assert distill["runs/quickstart/teacher_ls0_seed2/checkpoint_last.pt"] == "runs/quickstart/distilled_ls0_seed2"
+    assert len(distill) == 4 and len(trains) == 4 + 2 * 5
+    assert sum(c[0] == "fairseq-train" for c in commands) == len(trains)  # no directory trained twice
+
+
+@pytest.mark.parametrize("recipe", ["quickstart.sh", "bible_temperature_sweep.sh"])
+@pytest.mark.parametrize("env,message", [
+    ({"LSKD_TEACHER_SEEDS": "1 2", "LSKD_SEEDS": "1 3"}, "error: LSKD_TEACHER_SEEDS='1 2' must be the students' seeds "
+     "(LSKD_SEEDS='1 3'): the students of seed s learn from the teachers of seed s"),
+    ({"LSKD_SEEDS": "1 2 1"}, "error: LSKD_SEEDS repeats seed 1"),
+])
+def test_seeds_that_cannot_pair_are_refused(recipe, env, message):
+    result = subprocess.run(["bash", str(REPO / "recipes" / recipe), "--dry-run"], capture_output=True, text=True,
+                            env={"PATH": "/usr/bin:/bin", **env})
+    assert (result.returncode, result.stdout, result.stderr) == (2, "", f"{recipe}: {message}\n")
+
+
+def test_the_sweep_trains_teachers_per_seed_with_lskd_teacher_seeds():
+    commands = dry_run(recipe="bible_temperature_sweep.sh", LSKD_TEACHER_SEEDS="1 2", TEMPERATURES="1 64")
+    kd = [c for c in commands if c[0] == "fairseq-train" and "--teacher-path" in c]
+    assert Counter((arg(c, "--seed"), arg(c, "--teacher-path").split("/")[2]) for c in kd) == {
+        (seed, teacher): 2 for seed, suffix in (("1", ""), ("2", "_seed2")) for teacher in
+        (f"teacher_ls0.1{suffix}", f"teacher_ls0{suffix}")}
+    scored = Counter((c[1], arg(c, "--checkpoint").split("/")[2]) for c in commands if c[0] == "lskd-eval")
+    assert scored[("stability", "teacher_ls0.1")] == 1 and scored[("bleu", "teacher_ls0.1_seed2")] == 1
+    assert ("stability", "teacher_ls0.1_seed2") not in scored
+
+
 @pytest.mark.parametrize("outputs,sharing", [
     ({"joined_dictionary": True}, "--share-all-embeddings"),
     ({}, "--share-all-embeddings"),  # prepared before prep.json recorded it: always joined
@@ -155,9 +242,9 @@ def test_a_prepared_corpus_with_separate_dictionaries_shares_only_the_decoders_e
     assert all(sharing in c and other not in c for c in trains)
 
 
-def run_quickstart(run_dir: Path, data_dir: Path) -> subprocess.CompletedProcess:
+def run_quickstart(run_dir: Path, data_dir: Path, **knobs: str) -> subprocess.CompletedProcess:
     env = {"PATH": "/usr/bin:/bin", "HOME": str(run_dir.parent), "LSKD_PROFILE": "smoke",
-           "LSKD_RUN_DIR": str(run_dir), "LSKD_DATA_DIR": str(data_dir)}
+           "LSKD_RUN_DIR": str(run_dir), "LSKD_DATA_DIR": str(data_dir), **knobs}
     result = subprocess.run(["bash", str(REPO / "recipes" / "quickstart.sh")], capture_output=True, text=True,
                             env=env, cwd=REPO)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
@@ -190,7 +277,9 @@ def test_smoke_quickstart_end_to_end_fills_the_report_and_reruns_nothing(tmp_pat
     lines = first.splitlines()
     summary = lines[max(i for i, line in enumerate(lines) if line.startswith("teachers: ")):]
     assert summary[-1] == f"report: {run_dir}/report.md" and len(summary) == 1 + 2 + 1 + 4 + 1
-    assert sum("(LS teacher - non-LS teacher: " in line and "paired bootstrap" in line for line in summary) == 2
+    assert sum("(LS teacher - non-LS teacher: " in line and "paired bootstrap over test sentences" in line
+               and "on seed 1 alone: this compares two trained models" in line and "resolved" not in line
+               for line in summary) == 2
     assert sum(" x faster and " in line and "smaller than its teacher teacher_ls" in line for line in summary) == 4
     assert (run_dir / "plots" / "bleu_vs_words_per_second.png").is_file()
     # nothing lost: the distilled corpora hold one target per training source (a 30-update teacher loops on
@@ -206,6 +295,23 @@ def test_smoke_quickstart_end_to_end_fills_the_report_and_reruns_nothing(tmp_pat
     # prepared; trained, scored, analysed, measured; distilled; the picture, the table, the report
     assert second.count("(same command and inputs), skipping") == 1 + 7 + 7 + 7 + 7 + 2 + 3
     assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("checkpoint_last.pt")} == checkpoints
+
+    # Issue 29: a second seed in the same run directory reuses the teachers, their decodings and seed 1's
+    # students, trains and scores (BLEU only) seed 2's five students, and the report tests the gap over seeds
+    third = run_quickstart(run_dir, data_dir, LSKD_SEEDS="1 2").stdout
+    assert third.count("/train: running fairseq-train") == 5 and third.count("_seed2/train: running") == 5
+    assert third.count("/eval/bleu-test: running lskd-eval") == 5
+    assert "distill: running" not in third and "stability-test: running" not in third
+    assert {p: p.stat().st_mtime_ns for p in checkpoints} == checkpoints
+    lines = third.splitlines()
+    summary = lines[max(i for i, line in enumerate(lines) if line.startswith("teachers: ")):]
+    verdicts = [line for line in summary if "(LS teacher - non-LS teacher: " in line]
+    assert len(verdicts) == 2 and all(
+        "BLEU, mean over seeds 1, 2; 95 % CI [" in line and "bootstrap" not in line
+        and ("paired t-test over seeds: t(1) = " in line or "the paired t-test is undefined" in line)
+        and "one teacher per label smoothing taught them all" in line for line in verdicts), verdicts
+    report = (run_dir / "report.md").read_text()
+    assert re.search(r"\| student_seqkd_ls0 \| seq-KD beam 5 \| LS 0 \| 0 \| 2 \| [\d.]+ ± [\d.]+ \|", report)
 
 
 def once(cwd: Path, *args: str, dry_run: bool = False) -> subprocess.CompletedProcess:
@@ -355,6 +461,34 @@ def test_picture_tokens_are_checked_as_soon_as_the_data_exists(tmp_path, tokens,
                                   f"{data}/bin/dict.en.txt (SentencePiece pieces that begin a word start with ▁)"
                                   f"{missing}\n"), result.stderr
     assert not (tmp_path / "run").exists()  # no teacher trained
+
+
+def test_a_run_directory_keeps_one_seed_design(tmp_path):
+    """A student directory keeps its checkpoint when its teacher changes: seed 2's students of the seed-1
+    teachers must not be taken for students of the seed-2 teachers (or the other way round)."""
+    data = tmp_path / "data"
+    (data / "bin").mkdir(parents=True)
+    (data / "prep.json").write_text(json.dumps({"options": {"src": "de", "tgt": "en"}, "outputs": {"bin_dir": "bin"}}))
+    (data / "bin" / "dict.en.txt").write_text("▁a 5\n▁b 3\n▁c 2\n", encoding="utf-8")
+    venv, run = fake_environment(tmp_path), tmp_path / "run"
+
+    def quickstart(**env: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", str(REPO / "recipes" / "quickstart.sh")], capture_output=True, text=True,
+                              cwd=tmp_path, env={"PATH": "/usr/bin:/bin", "LSKD_VENV": str(venv), "LSKD_PREPARED": str(data),
+                                                 "LSKD_RUN_DIR": str(run), "LSKD_PICTURE_TOKENS": "▁a ▁b ▁c", **env})
+
+    (run / "student_gold_seed2").mkdir(parents=True)  # made by the seed-1 teachers, before the design was recorded
+    refused = quickstart(LSKD_TEACHER_SEEDS="1 2")
+    assert (refused.returncode, refused.stderr) == (2, (
+        f"quickstart.sh: error: {run} holds students of every seed taught by the seed-1 teachers ({run}/seed_design); "
+        "for students of seed s taught by the teachers of seed s (LSKD_TEACHER_SEEDS) give another LSKD_RUN_DIR\n"))
+    assert sorted(p.name for p in run.iterdir()) == ["student_gold_seed2"]  # nothing trained, nothing recorded
+    (run / "student_gold_seed2").rmdir()
+    started = quickstart(LSKD_TEACHER_SEEDS="1 2")  # the design is recorded, then training starts (no fairseq here)
+    assert started.returncode == 1 and "teacher training failed" in started.stderr
+    assert (run / "seed_design").read_text() == "students of seed s taught by the teachers of seed s (LSKD_TEACHER_SEEDS)\n"
+    assert quickstart(LSKD_SEEDS="1 2").returncode == 2  # now the shared teachers' students are refused here
+    assert quickstart(LSKD_SEEDS="1").returncode == 1  # one seed is the same under both designs: it goes on
 
 
 @pytest.mark.slow  # seconds of subprocesses: keeps -m 'not slow' under a minute

@@ -81,6 +81,25 @@ def test_a_checkpoint_leads_to_its_data_directory_and_its_sentencepiece_model(tm
         find_teacher_vocabulary(checkpoint, "en", "de")
 
 
+def test_a_checkpoint_trained_on_prepared_data_finds_the_sentencepiece_model_of_that_preparation(tmp_path, spm_model):
+    """The quickstart's teachers: trained on PREP/bin, with no --bpe; PREP holds prep.json and spm.model."""
+    pieces = pieces_of(spm_model)
+    prepared = tmp_path / "data" / "bible-de-en-4k"
+    (prepared / "bin").mkdir(parents=True)
+    write_dict(prepared / "bin" / "dict.de.txt", pieces)
+    write_dict(prepared / "bin" / "dict.en.txt", pieces)
+    (prepared / "spm.model").write_bytes(spm_model.read_bytes())
+    checkpoint = tmp_path / "runs" / "teacher" / "checkpoint_last.pt"
+    checkpoint.parent.mkdir(parents=True)
+    torch.save({"model": {}, "cfg": {"task": {"data": str(prepared / "bin"), "source_lang": "de",
+                                              "target_lang": "en"}}}, checkpoint)
+    with pytest.raises(TeacherVocabularyError, match="no spm model"):  # a folder that is no preparation
+        find_teacher_vocabulary(checkpoint, "de", "en")
+    (prepared / "prep.json").write_text("{}")
+    vocabulary = find_teacher_vocabulary(checkpoint, "de", "en")
+    assert (vocabulary.spm_model, vocabulary.src_dict) == (prepared / "spm.model", prepared / "bin" / "dict.de.txt")
+
+
 def test_a_directory_without_vocabulary_names_what_is_missing_and_where_it_looked(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(TeacherVocabularyError) as err:

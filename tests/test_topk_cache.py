@@ -1,8 +1,14 @@
 """The offline teacher cache on its own: write in any order, read by id, refuse what does not belong."""
+import errno
+import json
+import os
+
 import numpy as np
 import pytest
 import torch
 
+from lskd.errors import LSKDError
+from lskd.provenance import sha256_file
 from lskd.topk_cache import MANIFEST, TopKCache, TopKCacheError, TopKCacheWriter, splits_of_another_teacher
 
 K = 3
@@ -117,12 +123,86 @@ def test_splits_of_another_teacher_or_k_are_found_and_a_bad_k_is_named(tmp_path)
         TopKCache(tmp_path / "train")
 
 
-def test_a_truncated_array_is_named(tmp_path):
+def test_a_truncated_or_zeroed_array_under_a_valid_manifest_is_refused_naming_it(tmp_path):
+    """A second writer truncated the arrays of a finished cache (all-zero rows, same manifest): the student
+    trained on it got NaN gradients at its first update."""
     write_cache(tmp_path)
-    probs = tmp_path / "probs.npy"
-    probs.write_bytes(probs.read_bytes()[:-8])  # a copy cut short
-    with pytest.raises(TopKCacheError, match=f"{probs}: unreadable"):  # numpy's message named no file
+    probs, indices = tmp_path / "probs.npy", tmp_path / "indices.npy"
+    good = probs.read_bytes()
+    probs.write_bytes(good[:128] + bytes(len(good) - 128))  # every row zero, the size unchanged
+    with pytest.raises(TopKCacheError, match=rf"{tmp_path}: 1 file\(s\) do not match {MANIFEST}: probs.npy \(sha256 "
+                                             rf"differs from the manifest's\); rebuild the cache with lskd-dump-topk"):
         TopKCache(tmp_path)
+    probs.write_bytes(good)
+    indices.write_bytes(indices.read_bytes()[:-8])  # a copy cut short
+    with pytest.raises(TopKCacheError, match=rf"indices.npy \({128 + 4 * K * sum(LENGTHS) - 8} bytes, the manifest "
+                                             rf"says {128 + 4 * K * sum(LENGTHS)}\)"):
+        TopKCache(tmp_path)
+
+
+def test_a_cache_that_certifies_no_files_is_refused_with_the_fix(tmp_path):
+    """Caches written before manifests certified their arrays may be the truncated ones: not read."""
+    write_cache(tmp_path)
+    manifest = json.loads((tmp_path / MANIFEST).read_text())
+    del manifest["files"]
+    (tmp_path / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(TopKCacheError, match=rf"{tmp_path / MANIFEST} certifies no arrays \(.*\): they cannot be checked; "
+                                             rf"rebuild the cache with lskd-dump-topk --overwrite"):
+        TopKCache(tmp_path)
+
+
+def test_a_cache_being_replaced_stays_whole_until_the_new_one_is_complete(tmp_path):
+    """The writer truncated a finished cache in place (open_memmap w+) before its own entries existed."""
+    write_cache(tmp_path / "train")
+    writer = TopKCacheWriter(tmp_path / "train", K, LENGTHS, {"data_sha256": "e" * 64, "teacher_sha256": ["t" * 64]})
+    writer.write(0, *[2 * x for x in entry(0, LENGTHS[0])])
+    old = TopKCache(tmp_path / "train")  # still the first cache, whole
+    assert old.manifest["data_sha256"] == "d" * 64 and torch.equal(old.lookup([3], [1], 1)[0][0], entry(3, 1)[0])
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == [f".train.partial-{os.getpid()}"]
+    for sid in (1, 2, 3):
+        writer.write(sid, *entry(sid, LENGTHS[sid]))
+    manifest = writer.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["train"]  # renamed into place, the old one removed
+    new = TopKCache(tmp_path / "train")
+    assert new.manifest == manifest and torch.equal(new.lookup([0], [2], 2)[0][0], 2 * entry(0, 2)[0])
+    assert manifest["files"]["probs.npy"]["sha256"] == sha256_file(tmp_path / "train" / "probs.npy")
+
+
+def test_a_full_disk_is_named_before_an_entry_is_written(tmp_path, monkeypatch):
+    """The arrays were sparse: a page the disk could not hold was SIGBUS ("Bus error", exit 135) mid-pass."""
+    def no_space(fd, offset, length):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "posix_fallocate", no_space)
+    with pytest.raises(LSKDError, match=rf"{tmp_path}/\.train\.partial-\d+/indices.npy: not enough disk space for "
+                                        rf"{128 + 4 * K * sum(LENGTHS)} bytes \(No space left on device\)"):
+        TopKCacheWriter(tmp_path / "train", K, LENGTHS, {})
+
+
+INPUTS = {"data_sha256": "d" * 64, "teacher_sha256": ["t" * 64], "k": K,
+          "too_long": {"max_source_positions": 1024, "max_target_positions": 1024, "policy": "skip"}}
+
+
+def test_a_split_is_kept_only_if_made_from_the_same_inputs(tmp_path, capsys):
+    """A rerun recomputed every split, whatever was there; and only another teacher or k was noticed."""
+    from data_prep.dump_topk import splits_to_compute
+
+    write_cache(tmp_path / "valid", manifest=INPUTS)
+    asked = {"valid": INPUTS, "test": dict(INPUTS, data_sha256="f" * 64)}
+    assert splits_to_compute(tmp_path, asked, overwrite=False) == ["test"]  # valid: same inputs, kept
+    assert splits_to_compute(tmp_path, asked, overwrite=True) == ["valid", "test"]  # afresh
+    other = {"valid": dict(INPUTS, data_sha256="e" * 64,
+                           too_long=dict(INPUTS["too_long"], max_source_positions=40))}
+    with pytest.raises(TopKCacheError) as refused:
+        splits_to_compute(tmp_path, other, overwrite=False)
+    assert str(refused.value) == (
+        f"{tmp_path / 'valid'} was made from other inputs: data sha256 (dddddddddddd -> eeeeeeeeeeee), too-long limits "
+        f"(max_source_positions 1024, max_target_positions 1024, policy skip -> max_source_positions 40, "
+        f"max_target_positions 1024, policy skip); pass --overwrite to recompute it, or choose another --out")
+    probs = tmp_path / "valid" / "probs.npy"
+    probs.write_bytes(probs.read_bytes()[:-2] + b"\0\0")  # the last entry zeroed, same inputs
+    with pytest.raises(TopKCacheError, match=r"valid: 1 file\(s\) do not match manifest.json: probs.npy \(sha256"):
+        splits_to_compute(tmp_path, asked, overwrite=False)
 
 
 def test_a_damaged_split_is_named_and_replaced_with_overwrite(tmp_path, capsys):

@@ -27,7 +27,7 @@ def configs_of(commands: list[list[str]]):
 
 
 def test_dry_run_lists_the_whole_grid():
-    commands = dry_run(SEEDS="1 2 3", TEMPERATURES="1 2 3 64", IMBALANCE_RATIOS="1 100")
+    commands = dry_run(LSKD_SEEDS="1 2 3", TEMPERATURES="1 2 3 64", IMBALANCE_RATIOS="1 100")
     programs = Counter(c[0] for c in commands)
     # per split: 2 teachers; per seed: 2 teachers x 4 T x 2 students + 2 gold students
     assert programs["lskd-train"] == 2 * (2 + 3 * (2 * 4 * 2 + 2))
@@ -47,7 +47,7 @@ def test_dry_run_lists_the_whole_grid():
 
 
 def test_dry_run_knobs_reach_every_command():
-    commands = dry_run(SEEDS="2", TEMPERATURES="64", IMBALANCE_RATIOS="10", EPOCHS="3", TRAIN_LIMIT="500",
+    commands = dry_run(LSKD_SEEDS="2", TEMPERATURES="64", IMBALANCE_RATIOS="10", EPOCHS="3", TRAIN_LIMIT="500",
                        KD_ALPHA="0.5", LSKD_DATA_DIR="/data/fmnist", TRAIN_EXTRA="data.num_workers=2")
     runs = list(configs_of(commands))
     assert len(runs) == 2 + (2 * 2 + 2)
@@ -62,7 +62,7 @@ def test_dry_run_knobs_reach_every_command():
 
 
 def test_dry_run_under_torchrun():
-    commands = dry_run(SEEDS="1", TEMPERATURES="1", IMBALANCE_RATIOS="1", NPROC="4")
+    commands = dry_run(LSKD_SEEDS="1", TEMPERATURES="1", IMBALANCE_RATIOS="1", NPROC="4")
     train = [c for c in commands if c[0] == "torchrun"]
     assert len(train) == 2 + 2 * 2 + 2
     assert all(c[1:6] == ["--standalone", "--nproc_per_node", "4", "-m", "lskd.train.cli"] for c in train)

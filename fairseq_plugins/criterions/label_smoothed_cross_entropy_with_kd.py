@@ -4,7 +4,9 @@ A thin fairseq adapter: the loss and the teacher diagnostics are :mod:`lskd.loss
 :mod:`lskd.metrics`; the diagnostics are computed at validation only. The teacher comes from one checkpoint, an ensemble (``a.pt:b.pt``,
 probabilities averaged), or an offline top-k cache made by ``lskd-dump-topk``. It is frozen, kept
 out of the criterion's modules (so it is neither optimised nor saved in the student's
-checkpoints), and follows the student to its device and dtype.
+checkpoints), and follows the student to its device and dtype. An online teacher's length limits bind
+the student: one that accepts longer pairs is refused at start, or, with ``--teacher-too-long skip``,
+trained without the pairs the teacher cannot take (counted as ``teacher_too_long``).
 
 (No ``from __future__ import annotations`` here: fairseq reads the config fields' types at run time.)
 """
@@ -22,17 +24,29 @@ from fairseq.criterions.label_smoothed_cross_entropy import (
     LabelSmoothedCrossEntropyCriterion,
     LabelSmoothedCrossEntropyCriterionConfig,
 )
+from fairseq.dataclass import ChoiceEnum
 from fairseq.logging import metrics
 from omegaconf import II
 
 from fairseq_plugins.data import dataset_sha256
-from fairseq_plugins.teacher import load_teachers, split_teacher_paths, teacher_log_probs
+from fairseq_plugins.teacher import load_teachers, split_teacher_paths, teacher_limits, teacher_log_probs
+from lskd.errors import InvalidValueError
 from lskd.losses import topk_scores, validate_kd_args, word_kd_loss
 from lskd.metrics import teacher_statistics
 from lskd.provenance import sha256_file
+from lskd.too_long import TOO_LONG_POLICIES, TooLongError
 from lskd.topk_cache import TopKCache, TopKCacheError
 
 logger = logging.getLogger(__name__)
+
+
+def refuse_non_finite_flags(**knobs: float) -> None:
+    """Refuse a knob (given by its config field's name) that is inf or nan: fairseq's parser takes both
+    as floats, and a temperature of inf passed every range check, then made the first update's
+    gradients NaN. Raises :class:`lskd.errors.InvalidValueError` naming the flag."""
+    for name, value in knobs.items():
+        if not math.isfinite(value):
+            raise InvalidValueError(f"--{name.replace('_', '-')} {value}: expected a finite number")
 
 
 @dataclass
@@ -59,6 +73,12 @@ class LabelSmoothedCrossEntropyWithKDConfig(LabelSmoothedCrossEntropyCriterionCo
         default=None,
         metadata={"help": "directory written by lskd-dump-topk: offline teacher, none in memory"},
     )
+    teacher_too_long: ChoiceEnum(TOO_LONG_POLICIES) = field(
+        default="error",
+        metadata={"help": "a student whose --max-source-positions / --max-target-positions exceed an online "
+                          "teacher's: error (refused at start, naming both limits) or skip (pairs longer than the "
+                          "teacher accepts are left out of the loss, counted as teacher_too_long)"},
+    )
     train_subset: str = II("dataset.train_subset")
     valid_subset: str = II("dataset.valid_subset")
     skip_invalid_size_inputs_valid_test: bool = II("dataset.skip_invalid_size_inputs_valid_test")
@@ -78,10 +98,12 @@ class LabelSmoothedCrossEntropyWithKDCriterion(LabelSmoothedCrossEntropyCriterio
         teacher_path=None,
         teacher_topk=0,
         teacher_topk_cache=None,
+        teacher_too_long="error",
         train_subset="train",
         valid_subset="valid",
         skip_invalid_size_inputs_valid_test=False,
     ):
+        refuse_non_finite_flags(label_smoothing=label_smoothing, kd_alpha=kd_alpha, kd_temperature=kd_temperature)
         super().__init__(task, sentence_avg, label_smoothing, ignore_prefix_size, report_accuracy)
         if not 0 <= label_smoothing < 1:  # fairseq's own criterion takes any value: 1 puts a negative weight on the gold
             raise ValueError(f"--label-smoothing {label_smoothing} must be in [0, 1)")
@@ -99,11 +121,16 @@ class LabelSmoothedCrossEntropyWithKDCriterion(LabelSmoothedCrossEntropyCriterio
         # a plain list, not a ModuleList: the teacher must stay out of parameters() and state_dict()
         self._teachers = []
         self._caches = {}
+        self._teacher_positions = None  # (source, target) limits of the teachers, with --teacher-too-long skip
         if teacher_topk_cache:
+            if teacher_too_long == "skip":
+                raise TopKCacheError("--teacher-too-long skip is for online teachers: a top-k cache already leaves "
+                                     "out what its teacher cannot take (lskd-dump-topk --too-long skip)")
             teacher_sha256 = [sha256_file(p) for p in split_teacher_paths(teacher_path)] if teacher_path else None
             self._open_caches(task, teacher_topk_cache, vocab_size, teacher_sha256)
         elif teacher_path:
             self._teachers, _ = load_teachers(teacher_path, task)
+            self._check_teacher_limits(task, split_teacher_paths(teacher_path), teacher_too_long)
 
     # -- teacher sources ------------------------------------------------------------------
     def _open_caches(self, task, directory, vocab_size, teacher_sha256):
@@ -160,6 +187,51 @@ class LabelSmoothedCrossEntropyWithKDCriterion(LabelSmoothedCrossEntropyCriterio
                 f"{' '.join(flags)} so that fairseq-train leaves out the same sentences"
             )
 
+    def _check_teacher_limits(self, task, paths: list, policy: str) -> None:
+        """Refuse, at start, a student that accepts longer pairs than its online teachers (``policy`` error),
+        or note the teachers' limits, beyond which :meth:`forward` leaves pairs out (``policy`` skip).
+
+        fairseq-train batches every pair within the student's ``--max-source-positions`` /
+        ``--max-target-positions``; a longer pair than the teacher's makes a learned-position teacher
+        fail with an IndexError at the first such batch, and a sinusoidal one score positions it never
+        trained on."""
+        limits = teacher_limits(self._teachers, paths)
+        student = task.max_positions()
+        if not limits.exceeded_sides(student):
+            return
+        if policy != "skip":
+            raise TooLongError(limits.refusal(student, "--teacher-too-long skip"))
+        logger.warning(f"--teacher-too-long skip: pairs longer than the teacher accepts (source > "
+                       f"{limits.positions[0]} or target > {limits.positions[1]} tokens) are left out of the loss, "
+                       f"counted as teacher_too_long")
+        self._teacher_positions = limits.positions
+
+    def _too_long(self, sample) -> Optional[torch.Tensor]:
+        """(B,) bool: the pairs of ``sample`` longer than the teachers accept, with ``--teacher-too-long
+        skip``; None without it. Lengths count the end of sentence, as fairseq's own filter does."""
+        if self._teacher_positions is None:
+            return None
+        source_limit, target_limit = self._teacher_positions
+        source_lengths = sample["net_input"]["src_lengths"]
+        too_long = torch.zeros_like(source_lengths, dtype=torch.bool)
+        if source_limit is not None:
+            too_long |= source_lengths > source_limit
+        if target_limit is not None:
+            too_long |= sample["target"].ne(self.padding_idx).sum(-1) > target_limit
+        return too_long
+
+    def _leave_out(self, sample, too_long: torch.Tensor):
+        """``sample`` with the ``too_long`` pairs' targets all padding: no loss, no gradient, no tokens.
+
+        Left out rather than trained on cross-entropy alone: the student then learns from exactly the
+        pairs that fairseq-train would batch with the teacher's limits as its own (the other fix the
+        refusal names), and that a top-k cache holds (lskd-dump-topk --too-long skip), so its loss is one
+        objective over every pair it sees, comparable between online and cached teachers. Cross-entropy
+        alone on the long pairs would put all their weight on the gold tokens, where every other pair has
+        1 - alpha on the gold and alpha on the teacher: an objective that changes with sentence length."""
+        target = sample["target"].masked_fill(too_long.unsqueeze(-1), self.padding_idx)
+        return {**sample, "target": target, "ntokens": int(target.ne(self.padding_idx).sum())}
+
     def _follow_student(self, model) -> None:
         reference = next(model.parameters())
         for teacher in self._teachers:
@@ -175,8 +247,9 @@ class LabelSmoothedCrossEntropyWithKDCriterion(LabelSmoothedCrossEntropyCriterio
         return tensor.reshape(-1, *tensor.shape[2:])
 
     @torch.no_grad()
-    def teacher_scores(self, model, sample):
-        """Teacher log-probabilities at T = 1, flattened: (N, V), or (N, k) with their indices."""
+    def teacher_scores(self, model, sample, too_long: Optional[torch.Tensor] = None):
+        """Teacher log-probabilities at T = 1, flattened: (N, V), or (N, k) with their indices.
+        ``too_long``: (B,) pairs the teachers do not see (uniform scores, which the loss leaves out)."""
         if self._caches:
             cache = self._caches.get(model.training)
             if cache is None:
@@ -188,30 +261,53 @@ class LabelSmoothedCrossEntropyWithKDCriterion(LabelSmoothedCrossEntropyCriterio
         if not self._teachers:
             return None, None
         self._follow_student(model)
-        scores = self._trim(teacher_log_probs(self._teachers, sample["net_input"]))
+        if too_long is None or not too_long.any():
+            scores = teacher_log_probs(self._teachers, sample["net_input"])
+        elif too_long.all():
+            return None, None
+        else:
+            scores = self._scores_of_kept_pairs(sample["net_input"], ~too_long)
+        scores = self._trim(scores)
         if self.topk:
             return topk_scores(scores, self.topk)
         return scores, None
 
+    def _scores_of_kept_pairs(self, net_input: dict, kept: torch.Tensor) -> torch.Tensor:
+        """(B, T, V) teacher log-probabilities of the ``kept`` pairs, the teachers run on those alone;
+        the other rows are uniform (finite, so that masking them leaves no NaN)."""
+        batch = kept.size(0)
+        rows = {key: value[kept] if torch.is_tensor(value) and value.size(0) == batch else value
+                for key, value in net_input.items()}
+        kept_scores = teacher_log_probs(self._teachers, rows)
+        scores = kept_scores.new_full((batch, *kept_scores.shape[1:]), -math.log(kept_scores.size(-1)))
+        scores[kept] = kept_scores
+        return scores
+
     # -- loss -----------------------------------------------------------------------------
     def forward(self, model, sample, reduce=True):
+        too_long = self._too_long(sample)
+        if too_long is not None:
+            sample = self._leave_out(sample, too_long)
         net_output = model(**sample["net_input"])
         lprobs, target = self.get_lprobs_and_target(model, net_output, sample)
-        scores, indices = self.teacher_scores(model, sample)
+        scores, indices = self.teacher_scores(model, sample, too_long)
         alpha = self.alpha if scores is not None else 0.0
         loss, nll_loss, kd_loss, teacher_entropy = word_kd_loss(
             lprobs, target, scores, alpha=alpha, temperature=self.temperature, epsilon=self.eps,
             ignore_index=self.padding_idx, teacher_indices=indices, teacher_normalized=indices is None,
         )
-        sample_size = sample["target"].size(0) if self.sentence_avg else sample["ntokens"]
+        nsentences = sample["target"].size(0) - (0 if too_long is None else int(too_long.sum()))
+        sample_size = nsentences if self.sentence_avg else sample["ntokens"]
         logging_output = {
             "loss": loss.data,
             "nll_loss": nll_loss.data,
             "kd_loss": kd_loss.data,
             "ntokens": sample["ntokens"],
-            "nsentences": sample["target"].size(0),
+            "nsentences": nsentences,
             "sample_size": sample_size,
         }
+        if too_long is not None:
+            logging_output["teacher_too_long"] = int(too_long.sum())
         if scores is not None and not model.training:  # validation metrics: no dropout, no cost to training
             known_entropy = teacher_entropy if self.temperature == 1 else None  # the KD term's, at T = 1
             stats = teacher_statistics(scores, lprobs, target, target.ne(self.padding_idx), indices, known_entropy)
@@ -232,6 +328,8 @@ class LabelSmoothedCrossEntropyWithKDCriterion(LabelSmoothedCrossEntropyCriterio
 
         ntokens = total("ntokens")
         metrics.log_scalar("kd_loss", total("kd_loss") / ntokens / math.log(2), ntokens, round=3)
+        if any("teacher_too_long" in log for log in logging_outputs):  # pairs left out: a count, summed
+            metrics.log_scalar_sum("teacher_too_long", total("teacher_too_long"), round=0)
         if not any("teacher_entropy" in log for log in logging_outputs):
             return
         metrics.log_scalar("teacher_entropy", total("teacher_entropy") / ntokens / math.log(2), ntokens, round=3)

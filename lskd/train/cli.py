@@ -14,6 +14,7 @@ import json
 import sys
 
 from lskd.errors import console_script, count_at_least
+from lskd.output_files import check_writable
 from lskd.train.config import dump_yaml, load_config
 
 
@@ -41,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.print_config:
             print(dump_yaml(config), end="")
             return 0
+        check_writable(config.out_dir)  # before the data is read and the first epoch trained
         from lskd.train.distributed import init_distributed
         from lskd.train.trainer import Trainer
 

@@ -1,35 +1,23 @@
-"""Experiment configuration: a YAML file checked against dataclasses (OmegaConf structured configs),
-with ``--set a.b=c`` overrides.
+"""Experiment configuration: a YAML file checked against dataclasses (OmegaConf structured configs,
+:mod:`lskd.structured_config`), with ``--set a.b=c`` overrides.
 
 Every key is declared below with its type and default, so a typo (``kd.temprature``) or a wrong
 type (``schedule.epochs=ten``) stops the run at start with a message naming the key, instead of
-being silently ignored hours later. Types, defaults and YAML values (``1e-3`` is a float,
-``[10, 20]`` a list, ``null`` None) are OmegaConf's; :func:`validate` adds the ranges a type cannot say.
+being silently ignored hours later. :func:`validate` adds the ranges a type cannot say.
 """
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import functools
-import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-import yaml
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+from omegaconf import OmegaConf
 
-from lskd.errors import LSKDError, file_in_the_way
+from lskd.errors import file_in_the_way
 from lskd.losses import validate_kd_args
-
-T = TypeVar("T")
-
-
-class ConfigError(LSKDError, ValueError):
-    """A configuration that cannot describe a run: unknown key, wrong type or meaningless value."""
+from lskd.structured_config import (ConfigError, check_values, flatten, from_dict,  # noqa: F401 (from_dict: for its users)
+                                    load_structured, refuse_non_finite)
 
 
 @dataclass
@@ -112,61 +100,9 @@ RUNTIME_KEYS = frozenset({"out_dir", "device", "progress", "log_interval", "data
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
     """The YAML file (or the defaults, for ``None``) with ``key.sub=value`` overrides applied in order,
     values read as YAML; raises :class:`ConfigError` naming the first key at fault."""
-    for override in overrides:  # OmegaConf would read a bare "kd.teacher" as kd.teacher=null
-        if not override.partition("=")[1] or override.startswith("="):
-            raise ConfigError(f"override {override!r} is not KEY=VALUE (e.g. kd.temperature=2)")
-    config = OmegaConf.structured(TrainConfig)
-    with config_errors():
-        for key, value in read_yaml(path).items():  # section by section, so an error names its key
-            OmegaConf.update(config, str(key), value, merge=True)
-        for override in overrides:  # one by one, so an error names its override
-            try:
-                config.merge_with_dotlist([override])
-            except yaml.YAMLError as err:
-                raise ConfigError(f"override {override!r}: the value is not valid YAML ({' '.join(str(err).split())})") from None
-        checked = OmegaConf.to_object(config)
+    checked = load_structured(TrainConfig, path, overrides)
     validate(checked)
     return checked
-
-
-def read_yaml(path: str | Path | None) -> DictConfig:
-    """The file's top-level mapping (empty for ``None``), read by OmegaConf's YAML loader."""
-    if path is None:
-        return OmegaConf.create()
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        raw = OmegaConf.load(path)
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(err).split())}") from err
-    except UnicodeDecodeError as err:
-        raise ConfigError(f"{path}: not UTF-8 text ({err})") from err
-    if not isinstance(raw, DictConfig):
-        raise ConfigError(f"{path}: the top level must be a mapping of sections, got a list")
-    if not raw:  # a blank file would start a run on every default
-        raise ConfigError(f"{path} is empty: give the sections that make the experiment (see configs/)")
-    return raw
-
-
-def from_dict(cls: type[T], raw: dict[str, Any]) -> T:
-    """Dataclass ``cls`` from a mapping (e.g. a checkpoint's config), refusing unknown keys and wrong types."""
-    with config_errors():
-        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls), raw))
-
-
-@contextmanager
-def config_errors() -> Iterator[None]:
-    """OmegaConf's errors as a one-line :class:`ConfigError` naming the key (and, if unknown, the nearest known one)."""
-    try:
-        yield
-    except (ConfigKeyError, ConfigAttributeError) as err:
-        known = [f.name for f in dataclasses.fields(err.object_type)] if dataclasses.is_dataclass(err.object_type) else []
-        close = difflib.get_close_matches(str(err.key), known, n=1)
-        hint = (f" (known here: {', '.join(known)})" if known else "") + (f"; did you mean {close[0]!r}?" if close else "")
-        raise ConfigError(f"unknown config key {err.full_key!r}{hint}") from None
-    except OmegaConfBaseException as err:
-        raise ConfigError(f"config key {err.full_key or 'config'!r}: {str(err.msg).splitlines()[0]}") from None
 
 
 #: Keys with a fixed set of values (model.name: lskd.vision.models.MODELS) and keys with a lower bound.
@@ -182,22 +118,12 @@ def validate(config: TrainConfig) -> None:
     """Values of the right type that still cannot make a run: one :class:`ConfigError` naming the key."""
     from lskd.vision.models import MODELS  # late: models import torch modules the config does not need
 
-    def value(key: str) -> Any:
-        return functools.reduce(getattr, key.split("."), config)
-
-    for key, number in flatten(to_dict(config)).items():  # inf and nan pass every comparison below
-        if isinstance(number, float) and not math.isfinite(number):
-            raise ConfigError(f"{key} must be a finite number, got {number}")
+    refuse_non_finite(config)
     try:  # before the checks that name kd.teacher: a bad alpha is the first thing to fix
         validate_kd_args(config.kd.alpha, config.kd.temperature)
     except ValueError as err:
         raise ConfigError(str(err)) from err
-    for key, allowed in {"model.name": tuple(sorted(MODELS)), **CHOICES}.items():
-        if value(key) not in allowed:
-            raise ConfigError(f"{key} {value(key)!r} is not one of {', '.join(allowed)}")
-    for key, minimum in AT_LEAST.items():
-        if value(key) is not None and value(key) < minimum:
-            raise ConfigError(f"{key} must be >= {minimum}, got {value(key)}")
+    check_values(config, {"model.name": tuple(sorted(MODELS)), **CHOICES}, AT_LEAST)
     schedule, kd = config.schedule, config.kd
     checks = [
         (config.data.name == "fashion_mnist" or config.data.data_dir, "data.name image_folder needs data.data_dir (or --data-dir)"),
@@ -221,17 +147,6 @@ def validate(config: TrainConfig) -> None:
 
 def to_dict(config: TrainConfig) -> dict[str, Any]:
     return dataclasses.asdict(config)
-
-
-def flatten(raw: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"kd": {"alpha": 1}}`` -> ``{"kd.alpha": 1}``: for comparing two configs key by key."""
-    flat = {}
-    for key, value in raw.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[prefix + key] = value
-    return flat
 
 
 def experiment_differences(saved: dict[str, Any], current: TrainConfig) -> list[str]:
